@@ -21,7 +21,9 @@ class _ChunkedTokenLogprob(torch.autograd.Function):
         for start in range(0, logits.shape[0], chunk_rows):
             rows = logits[start : start + chunk_rows].float()
             tok = tokens[start : start + chunk_rows, None]
-            out[start : start + chunk_rows] = (rows.gather(1, tok) - torch.logsumexp(rows, 1, keepdim=True))[:, 0]
+            out[start : start + chunk_rows] = (rows.gather(1, tok) - torch.logsumexp(rows, 1, keepdim=True))[
+                :, 0
+            ]
         ctx.save_for_backward(logits, tokens)
         ctx.chunk_rows = chunk_rows
         return out

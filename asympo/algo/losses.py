@@ -55,9 +55,13 @@ def _check_inputs(logprobs: Tensor, mask: Tensor, advantages: Tensor, behavior: 
     if mask.shape != logprobs.shape:
         raise ValueError(f"mask {tuple(mask.shape)} must match logprobs {tuple(logprobs.shape)}")
     if advantages.shape != logprobs.shape[:1]:
-        raise ValueError(f"advantages must have shape [N] = [{logprobs.shape[0]}], got {tuple(advantages.shape)}")
+        raise ValueError(
+            f"advantages must have shape [N] = [{logprobs.shape[0]}], got {tuple(advantages.shape)}"
+        )
     if behavior is not None and behavior.shape != logprobs.shape:
-        raise ValueError(f"behavior_logprobs {tuple(behavior.shape)} must match logprobs {tuple(logprobs.shape)}")
+        raise ValueError(
+            f"behavior_logprobs {tuple(behavior.shape)} must match logprobs {tuple(logprobs.shape)}"
+        )
 
 
 def mean_token_nll(ell: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -125,7 +129,9 @@ def policy_loss(
     if method == "grpo" and behavior_logprobs is None:
         raise ValueError("loss 'grpo' needs behavior_logprobs from the rollout side")
     if method != "grpo" and behavior_logprobs is not None:
-        raise ValueError(f"loss {method!r} uses current-policy log-probs only; behavior_logprobs are for 'grpo'")
+        raise ValueError(
+            f"loss {method!r} uses current-policy log-probs only; behavior_logprobs are for 'grpo'"
+        )
 
     valid = mask.bool()
     # where(), not multiplication: padding may hold -inf or NaN and must not leak into values or grads.

@@ -40,7 +40,9 @@ def test_checked_in_stubs_match_the_protos(tmp_path):
 def test_bus_field_names_and_numbers_are_the_contract(message):
     fields = {f.name: f.number for f in bus_pb2.DESCRIPTOR.message_types_by_name[message].fields}
     for name, number in BUS_CONTRACT[message].items():
-        assert fields.get(name) == number, f"{message}.{name} must be field {number}, found {fields.get(name)}"
+        assert fields.get(name) == number, (
+            f"{message}.{name} must be field {number}, found {fields.get(name)}"
+        )
 
 
 def test_services_have_the_rpcs_of_the_architecture():

@@ -1,0 +1,1 @@
+"""Model helpers: the tiny CPU model factory, HF generation and current-policy log-probs."""

@@ -1,0 +1,50 @@
+"""Resolve a job's base model to a directory and load it with transformers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from asympo.spec import ArithmeticTaskSpec, JobSpec
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(spec: JobSpec, cache_dir: Path | None = None, progress: bool = True) -> str:
+    """The base model's location: the tiny factory's cache directory, or model.path as given."""
+    if spec.model.path == "tiny":
+        if not isinstance(spec.task, ArithmeticTaskSpec):
+            raise ValueError(
+                "model.path 'tiny' builds a character-level model for the arithmetic task; "
+                "for a dataset task set model.path to a Hugging Face model directory"
+            )
+        from asympo.models.tiny import tiny_model_dir
+
+        return str(tiny_model_dir(spec.model.tiny, spec.task, cache_dir, progress=progress))
+    return spec.model.path
+
+
+def pick_device(requested: str) -> torch.device:
+    """cuda when asked for (or 'auto' and available), else cpu."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("resources.device is 'cuda' but torch sees no CUDA device")
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def load_policy(path: str, dtype: str = "auto", device: torch.device | str = "cpu"):
+    """(model, tokenizer) for training: float32 weights unless a dtype is forced; pad token defaults to EOS."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # Master weights stay float32 for "auto": the optimizer needs them; low precision is for compute.
+    torch_dtype = _DTYPES.get(dtype, torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot load model {path!r}: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer

@@ -1,0 +1,304 @@
+"""JobSpec: the one schema for a training job, used by REST bodies, YAML job files, the CLI and services."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from asympo.algo import METHODS
+
+LossName = Literal["asympo", "spo", "naive", "gpg", "grpo"]
+assert set(LossName.__args__) == set(METHODS)
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be used; `problems` holds (field path, rule) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
+        self.problems = problems
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  {path or '(top level)'}: {rule}" for path, rule in problems)
+        super().__init__(f"invalid job spec{where}:\n{lines}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelSpec(_Strict):
+    """The CPU test model: a character-level Qwen2 warm-started by SFT on the task (asympo.models.tiny)."""
+
+    hidden_size: int = Field(128, ge=8, le=4096)
+    intermediate_size: int = Field(512, ge=8)
+    num_layers: int = Field(2, ge=1, le=64)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    sft_target_accuracy: float = Field(0.4, gt=0.0, le=1.0, description="stop SFT at this greedy accuracy")
+    sft_max_steps: int = Field(1500, ge=1, description="length of the one-cycle schedule")
+    sft_batch_size: int = Field(64, ge=1)
+    sft_lr: float = Field(1e-3, gt=0.0, lt=1.0, description="peak learning rate of the one-cycle schedule")
+    sft_eval_every: int = Field(25, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelSpec:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})"
+            )
+        return self
+
+
+class ModelSpec(_Strict):
+    """The base policy: `tiny` (built by the tiny-model factory) or a local HF directory / hub name."""
+
+    path: str = Field("tiny", min_length=1)
+    tiny: TinyModelSpec = TinyModelSpec()
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class ArithmeticTaskSpec(_Strict):
+    """Seeded synthetic arithmetic: operands of exactly `digits` digits, answers checked by exact match."""
+
+    kind: Literal["arithmetic"] = "arithmetic"
+    digits: int = Field(2, ge=1, le=9)
+    operators: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"], min_length=1)
+    heldout_size: int = Field(200, ge=1, description="fixed held-out problems, never trained on")
+    seed: int = Field(0, description="seed of the held-out set; the job seed drives training order")
+
+    @field_validator("operators")
+    @classmethod
+    def _unique(cls, ops: list[str]) -> list[str]:
+        if len(set(ops)) != len(ops):
+            raise ValueError(f"operators must not repeat, got {ops}")
+        return ops
+
+    @model_validator(mode="after")
+    def _enough_problems(self) -> ArithmeticTaskSpec:
+        lo = 0 if self.digits == 1 else 10 ** (self.digits - 1)
+        space = (10**self.digits - lo) ** 2 * len(self.operators)
+        if self.heldout_size > space // 2:
+            raise ValueError(
+                f"heldout_size ({self.heldout_size}) must leave most of the {space} problems for training"
+            )
+        return self
+
+
+class DatasetTaskSpec(_Strict):
+    """Prompts and reference answers from a JSONL / Parquet file or a Hugging Face dataset name."""
+
+    kind: Literal["dataset"] = "dataset"
+    path: str = Field(min_length=1, description=".jsonl/.json/.parquet file, or a Hugging Face dataset name")
+    split: str = "train"
+    subset: str | None = Field(None, description="Hugging Face dataset configuration name")
+    prompt_field: str = "question"
+    answer_field: str = "answer"
+    id_field: str | None = None
+    template: str = Field("{question}", description="Python format string over the record's fields")
+    heldout_path: str | None = Field(
+        None, description="held-out file or split; else split off the training data"
+    )
+    heldout_split: str | None = None
+    heldout_size: int = Field(200, ge=1)
+    limit: int | None = Field(None, ge=1, description="use only the first `limit` records")
+
+    @field_validator("template")
+    @classmethod
+    def _has_field(cls, template: str) -> str:
+        if "{" not in template:
+            raise ValueError("template must reference at least one record field, e.g. '{question}'")
+        return template
+
+
+TaskSpec = Annotated[ArithmeticTaskSpec | DatasetTaskSpec, Field(discriminator="kind")]
+
+
+class LossOptions(_Strict):
+    """Per-loss knobs; each may only be set for the loss that uses it."""
+
+    alpha: float | None = Field(None, ge=0.0, le=1.0, description="spo: scale of negative advantages (0.2)")
+    clip_low: float | None = Field(None, gt=0.0, lt=1.0, description="asympo stabilizer: p_low, for A < 0")
+    clip_high: float | None = Field(None, gt=0.0, lt=1.0, description="asympo stabilizer: p_high, for A ≥ 0")
+    clip_eps: float | None = Field(None, gt=0.0, lt=1.0, description="grpo: PPO clip range (0.2)")
+
+    USED_BY: ClassVar[dict[str, str]] = {
+        "alpha": "spo",
+        "clip_low": "asympo",
+        "clip_high": "asympo",
+        "clip_eps": "grpo",
+    }
+
+    def for_loss(self) -> dict[str, float]:
+        """The options that are set, as keyword arguments for asympo.algo.policy_loss."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class AlgorithmSpec(_Strict):
+    """The RL objective and the training loop's shape."""
+
+    loss: LossName = "asympo"
+    options: LossOptions = LossOptions()
+    adv_norm: Literal["std", "none"] = "std"
+    group_size: int = Field(8, ge=2, le=1024, description="G responses per prompt")
+    prompts_per_step: int = Field(16, ge=1, description="B prompts per optimizer step")
+    # The default suits the tiny CPU model; real LLMs want ~1e-6 (the paper used 2e-6 on Qwen3/Llama).
+    lr: float = Field(3e-5, gt=0.0, lt=1.0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, lt=1.0)
+    max_staleness: int = Field(4, ge=0, le=1000, description="0 = synchronous on-policy")
+    sync_every: int = Field(1, ge=1, description="publish weights every this many steps")
+    grad_clip: float = Field(1.0, gt=0.0)
+    steps: int = Field(200, ge=1)
+    drop_zero_variance: bool = Field(False, description="skip groups whose rewards are all equal")
+
+    @model_validator(mode="after")
+    def _options_fit_loss(self) -> AlgorithmSpec:
+        for name, value in self.options.model_dump().items():
+            user = LossOptions.USED_BY[name]
+            if value is not None and user != self.loss:
+                raise ValueError(f"options.{name} is used only by loss '{user}', not by '{self.loss}'")
+        return self
+
+
+class SamplingSpec(_Strict):
+    """How rollouts sample; temperature 0 is refused because a group of identical samples has no signal."""
+
+    max_new_tokens: int = Field(1024, ge=1, le=131072)
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 0
+
+
+class EvalSpec(_Strict):
+    """Held-out greedy accuracy, measured every `every` steps and at the end."""
+
+    every: int = Field(10, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="defaults to sampling.max_new_tokens")
+
+
+class CheckpointSpec(_Strict):
+    every: int = Field(50, ge=0, description="steps between checkpoints; 0 = only on shutdown")
+    keep: int = Field(3, ge=1)
+    dir: str | None = None
+
+
+class ResourcesSpec(_Strict):
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    rollout_pods: int = Field(1, ge=1)
+    learner_ranks: int = Field(1, ge=1, description="data-parallel FSDP2 ranks of the learner")
+    gpus_per_rollout_pod: int = Field(1, ge=0)
+
+
+class JobSpec(_Strict):
+    """A training job: model, task, verifier, algorithm, sampling, evaluation, checkpoints, resources."""
+
+    name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    seed: int = 0
+    model: ModelSpec = ModelSpec()
+    task: TaskSpec = ArithmeticTaskSpec()
+    verifier: str = Field("exact", pattern=r"^[a-z][a-z0-9_]*(:[A-Za-z0-9_.:-]+)?$")
+    algorithm: AlgorithmSpec = AlgorithmSpec()
+    sampling: SamplingSpec = SamplingSpec()
+    eval: EvalSpec = EvalSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+
+    @classmethod
+    def from_data(cls, data: Any, source: str | None = None) -> JobSpec:
+        """Validate a parsed mapping; every problem is reported with its field path and rule."""
+        if not isinstance(data, dict):
+            raise SpecError([("", f"a job spec must be a mapping, got {type(data).__name__}")], source)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(_problems(exc, data), source) from None
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str | None = None) -> JobSpec:
+        """Parse YAML (or JSON) text."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError([("", f"not valid YAML: {exc}")], source) from None
+        return cls.from_data({} if data is None else data, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> JobSpec:
+        """Read a YAML job file."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SpecError([("", f"cannot read the job file: {exc.strerror}")], str(path)) from None
+        return cls.from_yaml(text, str(path))
+
+    def to_yaml(self) -> str:
+        """YAML that from_yaml reads back to an equal spec."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> JobSpec:
+        """A copy with dotted-path overrides applied, e.g. {"algorithm.loss": "naive"} or ["algorithm.steps=50"]."""
+        if isinstance(overrides, list):
+            pairs = {}
+            for item in overrides:
+                key, sep, value = item.partition("=")
+                if not sep or not key:
+                    raise SpecError([(item, "an override must look like dotted.path=value")])
+                pairs[key.strip()] = yaml.safe_load(value)
+            overrides = pairs
+        data = copy.deepcopy(self.model_dump(mode="json"))
+        for key, value in overrides.items():
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise SpecError([(key, f"'{part}' is not a section of the job spec")])
+                node = node[part]
+            node[parts[-1]] = value
+        return JobSpec.from_data(data, "overrides")
+
+
+def _problems(exc: ValidationError, data: Any) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        kind, msg = err["type"], err["msg"]
+        path = _user_path(err["loc"], data, missing=kind == "missing")
+        if kind == "extra_forbidden":
+            rule = "unknown field (not part of the job spec)"
+        elif kind == "missing":
+            rule = "required field is missing"
+        else:
+            rule = msg.removeprefix("Value error, ")
+            if (
+                "input" in err
+                and kind not in ("model_type", "dict_type")
+                and not isinstance(err["input"], dict)
+            ):
+                rule += f" (got {err['input']!r})"
+        out.append((path, rule))
+    return out
+
+
+def _user_path(loc: tuple, data: Any, missing: bool) -> str:
+    """The field path as the user wrote it: pydantic's union tags (e.g. 'arithmetic') are dropped."""
+    parts, node = [], data
+    for i, key in enumerate(loc):
+        names_missing_field = missing and i == len(loc) - 1
+        if isinstance(node, dict) and isinstance(key, str) and key not in node and not names_missing_field:
+            continue  # a discriminated-union tag, not a key the user wrote
+        parts.append(f"[{key}]" if isinstance(key, int) else key)
+        if isinstance(node, dict):
+            node = node.get(key)
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+        else:
+            node = None
+    return ".".join(parts).replace(".[", "[")

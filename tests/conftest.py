@@ -1,0 +1,36 @@
+"""Shared fixtures: one warm-started tiny model per test session, built by the real factory."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from asympo.spec import JobSpec
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_JOB = REPO / "examples" / "jobs" / "arith-tiny.yaml"
+
+# Nothing in the tests may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """A model cache private to this test session."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def example_spec() -> JobSpec:
+    """The job `make demo` runs."""
+    return JobSpec.load(EXAMPLE_JOB)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tiny_cache, example_spec) -> Path:
+    """The example job's warm-started tiny model (built once, ~15-30 s on 2 cores)."""
+    from asympo.models.tiny import tiny_model_dir
+
+    return tiny_model_dir(example_spec.model.tiny, example_spec.task, tiny_cache, progress=False)
