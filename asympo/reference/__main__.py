@@ -1,7 +1,8 @@
-"""python -m asympo.reference JOB.yaml [--loss L,...] [--staleness K,...] [--set key=value ...] [--out DIR]
+"""python -m asympo.reference JOB.yaml [--loss L,...] [--staleness K,...] [--seeds S,...] [--set k=v] [--out DIR]
 
-Runs the single-process reference loop. With several losses or staleness values it runs every
-combination with the same seeds and writes a comparison plot and table beside the per-run logs.
+Runs the single-process reference loop. With several losses, staleness values or seeds it runs every
+combination (the same seeds for every setting) and writes a comparison plot and table beside the
+per-run logs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from asympo.algo import METHODS
 from asympo.reference.loop import RunResult, run_reference
-from asympo.reference.report import plot_runs, run_log, summary_table, write_json
+from asympo.reference.report import aggregate, plot_runs, run_log, summary_table, write_json
 from asympo.spec import JobSpec, SpecError
 
 
@@ -27,7 +28,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loss", type=lambda v: _csv(str, v), help=f"loss or comma list of: {', '.join(METHODS)}")
     p.add_argument("--staleness", type=lambda v: _csv(int, v), help="max_staleness or comma list")
     p.add_argument("--steps", type=int, help="override algorithm.steps")
-    p.add_argument("--seed", type=int, help="override the job seed")
+    p.add_argument(
+        "--seeds", type=lambda v: _csv(int, v), help="job seed or comma list (runs each setting per seed)"
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any spec field, e.g. --set algorithm.lr=1e-4 (repeatable)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("runs/reference"), help="output directory")
@@ -39,20 +42,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the requested reference runs and report where their logs and plots are."""
     args = parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars say what is happening; its weight-loading bar is noise
     try:
         base = JobSpec.load(args.job) if args.job else JobSpec()
         overrides = list(args.overrides)
         if args.steps is not None:
             overrides.append(f"algorithm.steps={args.steps}")
-        if args.seed is not None:
-            overrides.append(f"seed={args.seed}")
         base = base.with_overrides(overrides) if overrides else base
         losses = args.loss or [base.algorithm.loss]
         stalenesses = args.staleness if args.staleness is not None else [base.algorithm.max_staleness]
+        seeds = args.seeds or [base.seed]
         specs = [
-            base.with_overrides({"algorithm.loss": loss, "algorithm.max_staleness": k})
+            base.with_overrides({"algorithm.loss": loss, "algorithm.max_staleness": k, "seed": seed})
             for loss in losses
             for k in stalenesses
+            for seed in seeds
         ]
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     single = len(specs) == 1
     for spec in specs:
         label = f"{spec.algorithm.loss}-k{spec.algorithm.max_staleness}"
+        if len(seeds) > 1:
+            label += f"-s{spec.seed}"
         out = args.out if single else args.out / label
 
         def save(result: RunResult, out: Path = out) -> None:
@@ -82,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  log:  {out / 'log.json'}\n  plot: {out / 'curve.png'}")
 
     if not single:
-        write_json(args.out / "compare.json", [r.summary() for r in results])
+        write_json(
+            args.out / "compare.json",
+            {"runs": [r.summary() for r in results], "settings": aggregate(results)},
+        )
         plot_runs(results, args.out / "compare.png", "asympo reference loop: comparison (same seeds)")
         table = summary_table(results)
         (args.out / "compare.md").write_text(table + "\n")

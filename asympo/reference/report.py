@@ -53,25 +53,40 @@ def _smooth(values: list[float], window: int = 10) -> list[float]:
     return out
 
 
+def _mean(rows: list[list[float]]) -> list[float]:
+    return [sum(col) / len(col) for col in zip(*rows)]
+
+
+def group_by_setting(results: list[RunResult]) -> dict[tuple[str, int], list[RunResult]]:
+    """Runs keyed by (loss, max_staleness), seeds together, in first-seen order."""
+    groups: dict[tuple[str, int], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.spec.algorithm.loss, r.spec.algorithm.max_staleness), []).append(r)
+    return groups
+
+
 def plot_runs(results: list[RunResult], path: Path, title: str) -> None:
-    """Held-out accuracy, training reward and the balance ratio R against step, one line per run."""
+    """Held-out accuracy, training reward and balance ratio R against step; one line per setting (seed mean)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for r in results:
-        line = axes[0].plot(
-            [e["step"] for e in r.evals], [e["accuracy"] for e in r.evals], marker=".", label=r.label
-        )
+    for (loss, k), runs in group_by_setting(results).items():
+        label = f"{loss}-k{k}" + (f" (mean of {len(runs)} seeds)" if len(runs) > 1 else "")
+        style = "-" if k == max(r.spec.algorithm.max_staleness for r in results) else "--"
+        eval_steps = [e["step"] for e in runs[0].evals]
+        acc = _mean([[e["accuracy"] for e in r.evals] for r in runs])
+        line = axes[0].plot(eval_steps, acc, style, marker=".", label=label)
         color = line[0].get_color()
-        steps = [s["step"] + 1 for s in r.steps]
-        axes[1].plot(steps, _smooth([s["reward_mean"] for s in r.steps]), color=color, label=r.label)
-        ratio = [s.get("R", math.nan) for s in r.steps]
-        axes[2].plot(
-            steps, _smooth([v if math.isfinite(v) else 1.0 for v in ratio]), color=color, label=r.label
-        )
+        steps = [s["step"] + 1 for s in runs[0].steps]
+        reward = _mean([_smooth([s["reward_mean"] for s in r.steps]) for r in runs])
+        axes[1].plot(steps, reward, style, color=color, label=label)
+        ratio = [
+            _smooth([s["R"] if math.isfinite(s.get("R", math.nan)) else 1.0 for s in r.steps]) for r in runs
+        ]
+        axes[2].plot(steps, _mean(ratio), style, color=color, label=label)
     axes[0].set(title="held-out greedy accuracy", xlabel="step", ylim=(0, 1))
     axes[1].set(title="training reward (10-step mean)", xlabel="step", ylim=(0, 1))
     axes[2].set(title="balance ratio R (10-step mean)", xlabel="step")
@@ -86,17 +101,38 @@ def plot_runs(results: list[RunResult], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def aggregate(results: list[RunResult]) -> list[dict[str, Any]]:
+    """Per (loss, max_staleness): mean initial/final accuracy and gain over seeds, with each seed's gain."""
+    out = []
+    for (loss, k), runs in group_by_setting(results).items():
+        sums = [r.summary() for r in runs]
+        n = len(sums)
+        out.append(
+            {
+                "loss": loss,
+                "max_staleness": k,
+                "seeds": [s["seed"] for s in sums],
+                "initial_accuracy": sum(s["initial_accuracy"] for s in sums) / n,
+                "final_accuracy": sum(s["final_accuracy"] for s in sums) / n,
+                "accuracy_gain": sum(s["accuracy_gain"] for s in sums) / n,
+                "gains": [s["accuracy_gain"] for s in sums],
+                "final_reward_mean": sum(s["final_reward_mean"] for s in sums) / n,
+            }
+        )
+    return out
+
+
 def summary_table(results: list[RunResult]) -> str:
-    """A Markdown table of the runs' headline figures."""
+    """A Markdown table per (loss, staleness): accuracies averaged over seeds, each seed's gain listed."""
     rows = [
-        "| run | loss | staleness | initial acc | final acc | gain (pts) | best acc | final reward |",
+        "| loss | staleness | seeds | initial acc | final acc | gain (pts) | gain per seed | final reward |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        s = r.summary()
+    for a in aggregate(results):
+        per_seed = ", ".join(f"{100 * g:+.1f}" for g in a["gains"])
         rows.append(
-            f"| {s['label']} | {s['loss']} | {s['max_staleness']} | {s['initial_accuracy']:.3f} | "
-            f"{s['final_accuracy']:.3f} | {100 * s['accuracy_gain']:+.1f} | {s['best_accuracy']:.3f} | "
-            f"{s['final_reward_mean']:.3f} |"
+            f"| {a['loss']} | {a['max_staleness']} | {len(a['seeds'])} | {a['initial_accuracy']:.3f} | "
+            f"{a['final_accuracy']:.3f} | {100 * a['accuracy_gain']:+.1f} | {per_seed} | "
+            f"{a['final_reward_mean']:.3f} |"
         )
     return "\n".join(rows)

@@ -54,23 +54,26 @@ def test_cli_run_writes_log_and_plot_and_samples_exactly_k_stale(tmp_path, tiny_
 
 def test_cli_compare_mode_runs_every_combination(tmp_path, tiny_cache, tiny_model_path):
     out = tmp_path / "cmp"
-    proc = _cli(
-        EXAMPLE_JOB, "--loss", "grpo,gpg", "--staleness", "0,1", "--steps", 3, "--out", out, cache=tiny_cache
-    )
+    args = ("--loss", "grpo,gpg", "--staleness", 1, "--seeds", "0,1", "--steps", 3, "--out", out)
+    proc = _cli(EXAMPLE_JOB, *args, cache=tiny_cache)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads((out / "compare.json").read_text())
-    assert [(s["loss"], s["max_staleness"]) for s in summary] == [
+    compare = json.loads((out / "compare.json").read_text())
+    assert [(r["loss"], r["seed"]) for r in compare["runs"]] == [
         ("grpo", 0),
         ("grpo", 1),
         ("gpg", 0),
         ("gpg", 1),
     ]
-    for label in ("grpo-k0", "grpo-k1", "gpg-k0", "gpg-k1"):
+    assert [(a["loss"], a["seeds"]) for a in compare["settings"]] == [("grpo", [0, 1]), ("gpg", [0, 1])]
+    for label in ("grpo-k1-s0", "grpo-k1-s1", "gpg-k1-s0", "gpg-k1-s1"):
         assert (out / label / "log.json").is_file()
-    grpo_steps = json.loads((out / "grpo-k1" / "log.json").read_text())["steps"]
+    # Different seeds sample different problems.
+    first = [json.loads((out / f"gpg-k1-s{s}" / "log.json").read_text())["steps"][0] for s in (0, 1)]
+    assert first[0]["reward_mean"] != first[1]["reward_mean"] or first[0]["loss"] != first[1]["loss"]
+    grpo_steps = json.loads((out / "grpo-k1-s0" / "log.json").read_text())["steps"]
     assert all("clip_frac" in s for s in grpo_steps if not s.get("skipped"))
     assert (out / "compare.png").read_bytes()[:8] == PNG_MAGIC
-    assert "| grpo-k1 | grpo | 1 |" in (out / "compare.md").read_text()
+    assert "| grpo | 1 | 2 |" in (out / "compare.md").read_text()
 
 
 def test_bad_cli_input_names_the_field(tmp_path, tiny_cache):
