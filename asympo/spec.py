@@ -211,6 +211,15 @@ class JobSpec(_Strict):
     checkpoint: CheckpointSpec = CheckpointSpec()
     resources: ResourcesSpec = ResourcesSpec()
 
+    @model_validator(mode="after")
+    def _tiny_needs_arithmetic(self) -> JobSpec:
+        if self.model.path == "tiny" and not isinstance(self.task, ArithmeticTaskSpec):
+            raise ValueError(
+                "model.path 'tiny' builds a character-level model for the arithmetic task; "
+                "for a dataset task set model.path to a Hugging Face model directory"
+            )
+        return self
+
     @classmethod
     def from_data(cls, data: Any, source: str | None = None) -> JobSpec:
         """Validate a parsed mapping; every problem is reported with its field path and rule."""

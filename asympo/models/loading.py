@@ -14,12 +14,9 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def resolve_model_path(spec: JobSpec, cache_dir: Path | None = None, progress: bool = True) -> str:
     """The base model's location: the tiny factory's cache directory, or model.path as given."""
     if spec.model.path == "tiny":
-        if not isinstance(spec.task, ArithmeticTaskSpec):
-            raise ValueError(
-                "model.path 'tiny' builds a character-level model for the arithmetic task; "
-                "for a dataset task set model.path to a Hugging Face model directory"
-            )
         from asympo.models.tiny import tiny_model_dir
+
+        assert isinstance(spec.task, ArithmeticTaskSpec)  # JobSpec refuses tiny with a dataset task
 
         return str(tiny_model_dir(spec.model.tiny, spec.task, cache_dir, progress=progress))
     return spec.model.path

@@ -27,7 +27,8 @@ def test_examples_exist():
 
 def test_dataset_task_and_json_input():
     spec = JobSpec.from_yaml(
-        '{"task": {"kind": "dataset", "path": "data.jsonl", "template": "Q: {question}"}, "verifier": "math"}'
+        '{"model": {"path": "/models/qwen3"}, "verifier": "math",'
+        ' "task": {"kind": "dataset", "path": "data.jsonl", "template": "Q: {question}"}}'
     )
     assert isinstance(spec.task, DatasetTaskSpec) and spec.task.template == "Q: {question}"
 
@@ -65,6 +66,7 @@ def test_dataset_task_and_json_input():
         ("verifier: 'Exact Match'", "verifier", "should match pattern"),
         ("eval: {every: 0}", "eval.every", "greater than or equal to 1"),
         ("steps: 10", "steps", "unknown field"),
+        ("task: {kind: dataset, path: d.jsonl}", "", "model.path 'tiny' builds a character-level model"),
     ],
 )
 def test_invalid_fields_are_named_with_their_rule(text, field, rule):
@@ -73,7 +75,7 @@ def test_invalid_fields_are_named_with_their_rule(text, field, rule):
     paths = [path for path, _ in info.value.problems]
     assert field in paths, info.value.problems
     assert any(rule in msg for path, msg in info.value.problems if path == field), info.value.problems
-    assert "job.yaml" in str(info.value) and field in str(info.value)
+    assert "job.yaml" in str(info.value) and (field or "(top level)") in str(info.value)
 
 
 def test_every_problem_is_reported_at_once():

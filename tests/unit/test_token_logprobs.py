@@ -71,7 +71,9 @@ def test_single_position_and_float32_views():
         token_logprobs(logits[:, :-1], tokens[:, 1:]).double(), _reference(logits[:, :-1], tokens[:, 1:])
     )
     bf = logits.detach().bfloat16()
-    torch.testing.assert_close(token_logprobs(bf[0, 0], tokens[0, 0]).double(), _reference(bf[0, 0], tokens[0, 0]))
+    torch.testing.assert_close(
+        token_logprobs(bf[0, 0], tokens[0, 0]).double(), _reference(bf[0, 0], tokens[0, 0])
+    )
 
 
 def test_shape_mismatch_is_refused():
