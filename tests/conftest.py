@@ -34,3 +34,33 @@ def tiny_model_path(tiny_cache, example_spec) -> Path:
     from asympo.models.tiny import tiny_model_dir
 
     return tiny_model_dir(example_spec.model.tiny, example_spec.task, tiny_cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real Redis server for the session, from the first source that works (see local_redis)."""
+    from asympo.bus.local_redis import start_redis
+
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server):
+    """An asyncio client of the session's Redis."""
+    from asympo.bus import connect
+
+    client = connect(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def job_keys(request):
+    """Keys of a job unique to this test, so tests never see each other's streams."""
+    import hashlib
+
+    from asympo.bus import JobKeys
+
+    return JobKeys("t-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12])

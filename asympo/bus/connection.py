@@ -1,0 +1,40 @@
+"""Connecting to Redis from a URL (redis://, rediss:// with TLS, passwords), retrying with backoff."""
+
+from __future__ import annotations
+
+import os
+
+import redis.asyncio as aioredis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+ENV_URL = "ASYMPO_REDIS_URL"
+RETRYABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError, OSError)
+
+
+def redis_url(url: str | None = None) -> str:
+    """The URL to use: the argument, else $ASYMPO_REDIS_URL; a clear error when neither is set."""
+    url = url or os.environ.get(ENV_URL)
+    if not url:
+        raise RuntimeError(f"no Redis URL: pass one or set {ENV_URL} (e.g. redis://:password@host:6379/0)")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"Redis URL must start with redis://, rediss:// (TLS) or unix://, got {url!r}")
+    return url
+
+
+def connect(url: str | None = None, *, retries: int = 8, socket_timeout: float | None = 30.0) -> aioredis.Redis:
+    """An asyncio client whose commands retry on connection loss with capped, jittered backoff."""
+    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=5.0), retries)
+    return aioredis.Redis.from_url(
+        redis_url(url),
+        retry=retry,
+        retry_on_error=list(RETRYABLE),
+        socket_keepalive=True,
+        socket_connect_timeout=10.0,
+        socket_timeout=socket_timeout,
+        health_check_interval=30,
+        decode_responses=False,
+    )

