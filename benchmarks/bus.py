@@ -48,7 +48,9 @@ async def run_bus(url: str, job: str, messages: list, batch: int) -> float:
     """Groups/s through asympo.bus: publish(), StreamConsumer.read(), ack()."""
     keys = JobKeys(job)
     client = connect(url)
-    c = StreamConsumer(client, keys.groups, GROUP_LEARNER, "rank0", bus_pb2.ScoredGroup, dead_stream=keys.dead)
+    c = StreamConsumer(
+        client, keys.groups, GROUP_LEARNER, "rank0", bus_pb2.ScoredGroup, dead_stream=keys.dead
+    )
     await c.ensure_group()
     t0 = time.perf_counter()
     for start in range(0, len(messages), batch):
@@ -101,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
     bus_rates, raw_rates = [], []
     with start_redis() as server:
         for r in range(args.repeats):
-            raw_rates.append(asyncio.run(run_raw(server.url, f"b{r}", [encode(m)["pb"] for m in messages], args.batch)))
+            raw_rates.append(
+                asyncio.run(run_raw(server.url, f"b{r}", [encode(m)["pb"] for m in messages], args.batch))
+            )
             bus_rates.append(asyncio.run(run_bus(server.url, f"b{r}", messages, args.batch)))
         source = server.source
     result = {
@@ -119,7 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
         "raw_groups_per_s_median": statistics.median(raw_rates),
         "ratio_bus_to_raw": statistics.median(bus_rates) / statistics.median(raw_rates),
         "redis_source": source,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

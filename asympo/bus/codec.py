@@ -52,7 +52,9 @@ def decode(fields: dict, message_type: type[Message], job_id: str | None = None)
         raise EntryError(f"undecodable {message_type.__name__} payload ({exc})") from None
     for name in REQUIRED_FIELDS.get(message_type, ()):
         if not getattr(message, name):
-            raise EntryError(f"undecodable {message_type.__name__} payload (required field {name!r} is empty)")
+            raise EntryError(
+                f"undecodable {message_type.__name__} payload (required field {name!r} is empty)"
+            )
     if job_id is not None and getattr(message, "job_id", job_id) != job_id:
         raise EntryError(f"entry belongs to job {message.job_id!r}, not {job_id!r}")
     return message

@@ -25,7 +25,9 @@ def redis_url(url: str | None = None) -> str:
     return url
 
 
-def connect(url: str | None = None, *, retries: int = 8, socket_timeout: float | None = 30.0) -> aioredis.Redis:
+def connect(
+    url: str | None = None, *, retries: int = 8, socket_timeout: float | None = 30.0
+) -> aioredis.Redis:
     """An asyncio client whose commands retry on connection loss with capped, jittered backoff."""
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=5.0), retries)
     return aioredis.Redis.from_url(

@@ -21,7 +21,9 @@ class JobKeys:
 
     def __post_init__(self) -> None:
         if not _JOB_ID.match(self.job_id):
-            raise ValueError(f"job id {self.job_id!r} must match {_JOB_ID.pattern} (it becomes part of Redis keys)")
+            raise ValueError(
+                f"job id {self.job_id!r} must match {_JOB_ID.pattern} (it becomes part of Redis keys)"
+            )
 
     def _key(self, name: str) -> str:
         return f"asympo:{self.job_id}:{name}"

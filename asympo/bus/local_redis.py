@@ -145,7 +145,11 @@ def _start_binary(
         if pid:
             auth = f":{password}@" if password else ""
             return LocalRedis(
-                url=f"redis://{auth}127.0.0.1:{chosen}/0", source=source, pid=pid, port=chosen, data_dir=data_dir
+                url=f"redis://{auth}127.0.0.1:{chosen}/0",
+                source=source,
+                pid=pid,
+                port=chosen,
+                data_dir=data_dir,
             )
         log_tail = logfile.read_text()[-800:] if logfile.exists() else ""
         last_error = (proc.stderr or "") + log_tail

@@ -156,7 +156,12 @@ class StreamConsumer:
 
     async def _reclaim(self, count: int) -> list[Delivery]:
         result = await self.redis.xautoclaim(
-            self.stream, self.group, self.consumer, self.claim_idle_ms, start_id=self._claim_cursor, count=count
+            self.stream,
+            self.group,
+            self.consumer,
+            self.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=count,
         )
         self._claim_cursor = _id(result[0])
         entries = result[1]
@@ -209,7 +214,11 @@ class StreamConsumer:
             await self.redis.xack(self.stream, self.group, *entry_ids)
 
     async def ack_and_publish(
-        self, entry_ids: Sequence[str], out_stream: str, messages: Sequence[Message], maxlen: int = DEFAULT_MAXLEN
+        self,
+        entry_ids: Sequence[str],
+        out_stream: str,
+        messages: Sequence[Message],
+        maxlen: int = DEFAULT_MAXLEN,
     ) -> list[str]:
         """XADD the outputs and XACK the inputs in one MULTI/EXEC: either both happen or neither."""
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -242,4 +251,6 @@ class StreamConsumer:
         self.stats.dead_lettered += 1
         kind = reason.split(" (")[0]
         self.stats.dead_reasons[kind] = self.stats.dead_reasons.get(kind, 0) + 1
-        log.warning("dead-lettered %s %s from %s: %s", self.message_type.__name__, entry_id, self.stream, reason)
+        log.warning(
+            "dead-lettered %s %s from %s: %s", self.message_type.__name__, entry_id, self.stream, reason
+        )

@@ -13,7 +13,13 @@ async def main(url: str, job_id: str, count: int) -> None:
     keys = JobKeys(job_id)
     redis = connect(url)
     consumer = StreamConsumer(
-        redis, keys.prompts, GROUP_ROLLOUT, "doomed-pod", bus_pb2.PromptTask, dead_stream=keys.dead, job_id=job_id
+        redis,
+        keys.prompts,
+        GROUP_ROLLOUT,
+        "doomed-pod",
+        bus_pb2.PromptTask,
+        dead_stream=keys.dead,
+        job_id=job_id,
     )
     got = []
     while len(got) < count:

@@ -34,7 +34,9 @@ def task(keys, i):
 
 
 def group(keys, pid, version=0):
-    completions = [bus_pb2.Completion(token_ids=list(range(512)), text="x" * 40, reward=1.0) for _ in range(8)]
+    completions = [
+        bus_pb2.Completion(token_ids=list(range(512)), text="x" * 40, reward=1.0) for _ in range(8)
+    ]
     return bus_pb2.ScoredGroup(
         job_id=keys.job_id, prompt_id=pid, completions=completions, gen_version_start=version
     )
@@ -87,8 +89,14 @@ async def test_garbage_goes_to_dead_letters_with_reasons_while_good_entries_flow
         ({"pb": task(job_keys, 0).SerializeToString(), "v": b"2"}, "unsupported schema version '2'"),
         ({"pb": task(job_keys, 0).SerializeToString()}, "missing schema version"),
         ({"v": b"1", "data": b"x"}, "missing payload field 'pb'"),
-        ({"pb": bus_pb2.PromptTask(job_id=job_keys.job_id).SerializeToString(), "v": b"1"}, "'prompt_id' is empty"),
-        ({"pb": bus_pb2.PromptTask(job_id="other", prompt_id="p").SerializeToString(), "v": b"1"}, "belongs to job"),
+        (
+            {"pb": bus_pb2.PromptTask(job_id=job_keys.job_id).SerializeToString(), "v": b"1"},
+            "'prompt_id' is empty",
+        ),
+        (
+            {"pb": bus_pb2.PromptTask(job_id="other", prompt_id="p").SerializeToString(), "v": b"1"},
+            "belongs to job",
+        ),
     ]
     await dispatch(redis, job_keys, [task(job_keys, 0)])
     for fields, _ in bad:
@@ -96,7 +104,9 @@ async def test_garbage_goes_to_dead_letters_with_reasons_while_good_entries_flow
         await dispatch(redis, job_keys, [task(job_keys, len(await redis.xrange(job_keys.prompts)))])
     got = await drain(c)
     assert len(got) == len(bad) + 1
-    assert [d.message.prompt_id for d in got] == sorted((d.message.prompt_id for d in got), key=lambda p: int(p[1:]))
+    assert [d.message.prompt_id for d in got] == sorted(
+        (d.message.prompt_id for d in got), key=lambda p: int(p[1:])
+    )
     reasons = await dead_reasons(redis, job_keys)
     assert len(reasons) == len(bad)
     for (_, expected), reason in zip(bad, reasons):
