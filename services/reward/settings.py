@@ -1,0 +1,100 @@
+"""RewardSettings: the reward service's configuration, from ASYMPO_REWARD_* variables and command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_workers() -> int:
+    # Cores this process may use, not the machine's; in a container set the worker count explicitly,
+    # because CPU limits (cgroups) are not visible here.
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+class RewardSettings(BaseSettings):
+    """Everything `python -m services.reward` can be told; flags override environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="ASYMPO_REWARD_", extra="forbid", validate_default=True)
+
+    host: str = Field("0.0.0.0", description="address the gRPC server binds")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged)")
+    metrics_port: int = Field(
+        9101, ge=-1, le=65535, description="Prometheus port; 0 picks a free one, -1 disables"
+    )
+    workers: int = Field(default_factory=_default_workers, ge=1, le=256, description="scoring processes")
+    start_method: Literal["forkserver", "spawn"] = Field("forkserver", description="how workers are started")
+    default_deadline_ms: int = Field(5000, ge=1, description="per-item deadline when a request gives none")
+    max_deadline_ms: int = Field(60_000, ge=1, description="longer per-item deadlines are cut to this")
+    max_completion_chars: int = Field(10_000, ge=1, description="longer completions are not parsed")
+    max_items: int = Field(4096, ge=1, description="items per request")
+    plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="modules (comma-separated) that register more verifiers"
+    )
+    grace_s: float = Field(10.0, ge=0, description="on SIGTERM, time in-flight requests get to finish")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _deadlines(self) -> RewardSettings:
+        if self.default_deadline_ms > self.max_deadline_ms:
+            raise ValueError(
+                f"default_deadline_ms ({self.default_deadline_ms}) exceeds max_deadline_ms ({self.max_deadline_ms})"
+            )
+        return self
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names each bad field and where it came from."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m services.reward",
+        description="The asympo reward-scoring gRPC service. Every flag can also be set as ASYMPO_REWARD_<NAME>.",
+    )
+    for name, info in RewardSettings.model_fields.items():
+        kind = {int: int, float: float}.get(info.annotation, str)
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=None,  # None = not given, so the environment (or the default) applies
+            help=f"{info.description} (env ASYMPO_REWARD_{name.upper()})",
+        )
+    return p
+
+
+def load_settings(argv: list[str] | None = None) -> RewardSettings:
+    """Settings from the environment, overridden by the flags in `argv`; SettingsError names bad fields."""
+    args = _parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        return RewardSettings(**flags)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            field = ".".join(str(x) for x in err["loc"]) or "(settings)"
+            source = "--" + field.replace("_", "-") if field in flags else f"ASYMPO_REWARD_{field.upper()}"
+            lines.append(f"  {field} ({source}): {err['msg']}")
+        raise SettingsError("invalid reward service settings:\n" + "\n".join(lines)) from None
