@@ -9,6 +9,19 @@ from asympo.spec import ArithmeticTaskSpec, DatasetTaskSpec, JobSpec, SpecError
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples" / "jobs").glob("*.yaml"))
 
 
+def test_spec_losses_are_the_algorithm_methods_and_spec_needs_no_torch():
+    import subprocess
+    import sys
+    import typing
+
+    from asympo.algo import METHODS
+    from asympo.spec import LossName
+
+    assert typing.get_args(LossName) == METHODS
+    code = "import sys, asympo.spec, asympo.tasks; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_defaults_are_a_valid_tiny_asympo_job():
     spec = JobSpec()
     assert spec.algorithm.loss == "asympo" and spec.model.path == "tiny"

@@ -1,0 +1,35 @@
+"""The benchmarks run end to end (small sizes) and write the JSON their docs promise."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ..conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _run(script, *args, out):
+    proc = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *map(str, args), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_bus_benchmark(tmp_path):
+    result = _run("bus.py", "--groups", 64, "--repeats", 1, out=tmp_path / "bus.json")
+    assert result["payload_bytes"] > 20_000  # G = 8 completions of 512 tokens
+    assert result["bus_groups_per_s_median"] > 0 and result["raw_groups_per_s_median"] > 0
+    assert result["ratio_bus_to_raw"] == pytest.approx(
+        result["bus_groups_per_s_median"] / result["raw_groups_per_s_median"]
+    )
+
+
+def test_reward_benchmark(tmp_path):
+    result = _run("reward.py", "--items", 60, "--repeats", 1, "--workers", 1, out=tmp_path / "reward.json")
+    text = json.dumps(result)
+    assert "ratio" in text and result["items"] == 60
