@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from asympo.service_settings import SettingsError  # noqa: F401  (re-exported for __main__)
+from asympo.service_settings import load_settings as load_service_settings
 
 
 def _default_workers() -> int:
@@ -65,36 +67,8 @@ class RewardSettings(BaseSettings):
         return self
 
 
-class SettingsError(ValueError):
-    """Settings that cannot be used; the message names each bad field and where it came from."""
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m services.reward",
-        description="The asympo reward-scoring gRPC service. Every flag can also be set as ASYMPO_REWARD_<NAME>.",
-    )
-    for name, info in RewardSettings.model_fields.items():
-        kind = {int: int, float: float}.get(info.annotation, str)
-        p.add_argument(
-            "--" + name.replace("_", "-"),
-            type=kind,
-            default=None,  # None = not given, so the environment (or the default) applies
-            help=f"{info.description} (env ASYMPO_REWARD_{name.upper()})",
-        )
-    return p
-
-
 def load_settings(argv: list[str] | None = None) -> RewardSettings:
     """Settings from the environment, overridden by the flags in `argv`; SettingsError names bad fields."""
-    args = _parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if v is not None}
-    try:
-        return RewardSettings(**flags)
-    except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            field = ".".join(str(x) for x in err["loc"]) or "(settings)"
-            source = "--" + field.replace("_", "-") if field in flags else f"ASYMPO_REWARD_{field.upper()}"
-            lines.append(f"  {field} ({source}): {err['msg']}")
-        raise SettingsError("invalid reward service settings:\n" + "\n".join(lines)) from None
+    return load_service_settings(
+        RewardSettings, "python -m services.reward", "The asympo reward-scoring gRPC service.", argv
+    )
