@@ -6,15 +6,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from asympo.proto.v1 import reward_pb2, reward_pb2_grpc
 from services.reward.client import (
@@ -25,6 +22,7 @@ from services.reward.client import (
 )
 
 from ..conftest import REPO
+from ..service_process import ServiceProcess
 
 PLUGIN = "tests.integration.reward_plugin"
 CAP = 2000  # max_completion_chars given to the service through its environment
@@ -33,56 +31,11 @@ CAP = 2000  # max_completion_chars given to the service through its environment
 HANG = "The tower is \\boxed{9^{9^{9^{9}}}}"
 
 
-class Service:
-    """A `python -m services.reward` subprocess; its stdout (JSON lines) is collected in `lines`."""
+class Service(ServiceProcess):
+    """A `python -m services.reward` subprocess."""
 
     def __init__(self, *flags: str, env: dict | None = None):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.reward", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-             *flags],
-            cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self.serving = threading.Event()
-        self.port = self.metrics_port = None
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self.serving.wait(60):
-            self.proc.kill()
-            raise AssertionError("the reward service did not start:\n" + "".join(self.lines))
-        self.target = f"127.0.0.1:{self.port}"
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("msg") == "serving":
-                self.port, self.metrics_port = record["port"], record["metrics_port"]
-                self.serving.set()
-
-    def metrics(self) -> dict:
-        """Every sample of the /metrics page: (name, sorted label items) → value."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
-
-    def metric(self, name: str, **labels) -> float:
-        """One sample's value (0 when the sample does not exist yet)."""
-        return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        super().__init__("services.reward", *flags, env=env, start_timeout_s=60)
 
 
 @pytest.fixture(scope="module")
