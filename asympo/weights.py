@@ -1,0 +1,367 @@
+"""The versioned weight store: write, verify, stream and fetch policy versions.
+
+A version is an HF-format directory `{store}/{job}/v{version}/` (safetensors, config, tokenizer) plus
+`asympo_version.json`: per-file sha256, the directory digest carried by PolicyVersion.sha256, and
+*probes* — log-probs of fixed token sequences under these weights, which a rollout pod compares with
+what its engine serves after a reload (a silently stale lm_head shows up there, not in a checksum).
+Versions appear atomically (written beside, then renamed); pods without a shared volume stream them
+from the learner with LearnerService.FetchWeights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import grpc
+
+from asympo.proto.v1 import bus_pb2, learner_pb2, learner_pb2_grpc
+
+MANIFEST = "asympo_version.json"
+DEFAULT_PROBE_TEXTS = ("12+34=46", "7*8=56", "99-17=82", " the answer is 3")
+CHUNK_BYTES = 1 << 20
+
+
+class WeightsError(RuntimeError):
+    """A version that is missing, incomplete or corrupt; the message says which file and why."""
+
+
+@dataclass
+class Probe:
+    """A fixed token sequence and the log-prob of each token after prompt_len, given its prefix."""
+
+    token_ids: list[int]
+    prompt_len: int
+    logprobs: list[float]
+
+
+@dataclass
+class VersionManifest:
+    """What asympo_version.json holds."""
+
+    job_id: str
+    version: int
+    step: int
+    sha256: str
+    bytes: int
+    files: dict[str, str]
+    probes: list[Probe] = field(default_factory=list)
+    created_at: float = 0.0
+
+
+def version_dir(store: Path, job_id: str, version: int) -> Path:
+    """Where a version lives in a store."""
+    return Path(store) / job_id / f"v{version}"
+
+
+def list_versions(store: Path, job_id: str) -> list[int]:
+    """Complete versions of a job in the store, ascending."""
+    root = Path(store) / job_id
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        if d.is_dir() and d.name.startswith("v") and d.name[1:].isdigit() and (d / MANIFEST).is_file():
+            found.append(int(d.name[1:]))
+    return sorted(found)
+
+
+def local_path(uri: str) -> Path | None:
+    """The directory of a file:// URI (or plain path) if it exists on this machine, else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    path = Path(unquote(parsed.path if parsed.scheme else uri))
+    return path if path.is_dir() else None
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _content_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def directory_sha256(path: Path) -> tuple[str, int, dict[str, str]]:
+    """Digest over sorted (relative path, file sha256) of every file but the manifest; total bytes; per file."""
+    path = Path(path)
+    files, total = {}, 0
+    for f in _content_files(path):
+        rel = f.relative_to(path).as_posix()
+        files[rel] = _file_sha256(f)
+        total += f.stat().st_size
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        digest.update(f"{rel}\0{files[rel]}\n".encode())
+    return digest.hexdigest(), total, files
+
+
+def probe_token_ids(tokenizer, texts: Sequence[str] | None = None) -> list[tuple[list[int], int]]:
+    """Fixed probe sequences as (token_ids, prompt_len): the first half is context, the rest is scored."""
+    out = []
+    for text in texts or DEFAULT_PROBE_TEXTS:
+        ids = tokenizer(text).input_ids
+        if len(ids) >= 2:
+            out.append((ids, max(1, len(ids) // 2)))
+    return out
+
+
+def compute_probes(model, tokenizer, texts: Sequence[str] | None = None) -> list[Probe]:
+    """Each probe's continuation log-probs under `model` (an HF causal LM), in float32."""
+    import torch
+
+    from asympo.algo import token_logprobs
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    probes = []
+    with torch.no_grad():
+        for ids, p in probe_token_ids(tokenizer, texts):
+            x = torch.tensor([ids], device=device)
+            logits = model(input_ids=x).logits[0]
+            lps = token_logprobs(logits[p - 1 : -1], x[0, p:]).tolist()
+            probes.append(Probe(ids, p, lps))
+    model.train(was_training)
+    return probes
+
+
+def read_manifest(path: Path) -> VersionManifest:
+    """The manifest of a version directory."""
+    try:
+        data = json.loads((Path(path) / MANIFEST).read_text())
+        data["probes"] = [Probe(**p) for p in data.get("probes", [])]
+        return VersionManifest(**data)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no {MANIFEST}; not a complete version") from None
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{path}/{MANIFEST} is unreadable: {exc}") from None
+
+
+def verify_version(path: Path, sha256: str | None = None) -> VersionManifest:
+    """Recompute every file's sha256 and the digest; WeightsError names the first file that differs."""
+    path = Path(path)
+    if not path.is_dir():
+        raise WeightsError(f"version directory {path} does not exist")
+    manifest = read_manifest(path)
+    digest, total, files = directory_sha256(path)
+    for rel in sorted(set(manifest.files) | set(files)):
+        if rel not in files:
+            raise WeightsError(f"{path}: file {rel} is missing")
+        if rel not in manifest.files:
+            raise WeightsError(f"{path}: file {rel} is not part of the version")
+        if files[rel] != manifest.files[rel]:
+            raise WeightsError(
+                f"{path}: file {rel} is corrupt (sha256 {files[rel][:12]}… ≠ {manifest.files[rel][:12]}…)"
+            )
+    if digest != manifest.sha256:
+        raise WeightsError(f"{path}: directory digest {digest[:12]}… ≠ manifest {manifest.sha256[:12]}…")
+    if sha256 and digest != sha256:
+        raise WeightsError(
+            f"{path}: digest {digest[:12]}… ≠ the published {sha256[:12]}… (a different version?)"
+        )
+    return manifest
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.rglob("*"):
+        if f.is_file():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_version(
+    store: Path,
+    job_id: str,
+    version: int,
+    step: int,
+    model,
+    tokenizer,
+    *,
+    state_dict=None,
+    probes: list[Probe] | None = None,
+    keep: int = 3,
+) -> tuple[bus_pb2.PolicyVersion, Path]:
+    """Write a version atomically and return its PolicyVersion and directory; older versions beyond `keep` go.
+
+    `state_dict` (e.g. FSDP2's gathered full state dict) is saved instead of the model's own.
+    Version 0, the base model, is never garbage-collected: it is where a restarted job starts over.
+    """
+    target = version_dir(store, job_id, version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".v{version}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if probes is None:
+            probes = compute_probes(model, tokenizer)
+        digest, total, files = directory_sha256(tmp)
+        manifest = VersionManifest(job_id, version, step, digest, total, files, probes, time.time())
+        (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1))
+        tmp.chmod(0o755)
+        _fsync_tree(tmp)
+        if target.exists():
+            existing = read_manifest(target)
+            if existing.sha256 != digest:
+                raise WeightsError(f"version {version} of job {job_id} already exists with different weights")
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    gc_versions(store, job_id, keep, protect={version})
+    pv = bus_pb2.PolicyVersion(
+        job_id=job_id, version=version, uri=target.resolve().as_uri(), sha256=digest, bytes=total, step=step,
+        created_at=manifest.created_at,
+    )  # fmt: skip
+    return pv, target
+
+
+def gc_versions(store: Path, job_id: str, keep: int, protect: set[int] = frozenset()) -> list[int]:
+    """Delete all but the newest `keep` versions (never version 0 or `protect`); returns what was deleted."""
+    versions = list_versions(store, job_id)
+    survivors = set(versions[-keep:]) | {0} | set(protect)
+    deleted = []
+    for v in versions:
+        if v in survivors:
+            continue
+        victim = version_dir(store, job_id, v)
+        # Renamed first: a reader never sees a half-deleted version under its real name.
+        trash = victim.with_name(f".trash-{victim.name}-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.rename(victim, trash)
+        except OSError:
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
+        deleted.append(v)
+    return deleted
+
+
+# ---- streaming versions over gRPC (LearnerService.FetchWeights) -----------------------------------
+
+
+def iter_weight_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[learner_pb2.WeightChunk]:
+    """Every file of a verified version, manifest included, as ordered chunks naming file and offset."""
+    path = Path(path)
+    manifest = verify_version(path)
+    for f in [*_content_files(path), path / MANIFEST]:
+        rel = f.relative_to(path).as_posix()
+        size = f.stat().st_size
+        with f.open("rb") as fh:
+            offset = 0
+            while True:
+                data = fh.read(chunk_bytes)
+                if data or offset == 0:
+                    yield learner_pb2.WeightChunk(
+                        path=rel, offset=offset, data=data, file_size=size, sha256=manifest.sha256,
+                        version=manifest.version,
+                    )  # fmt: skip
+                if len(data) < chunk_bytes:
+                    break
+                offset += len(data)
+
+
+async def fetch_weights_rpc(request: learner_pb2.FetchWeightsRequest, context, store: Path):
+    """The body of LearnerService.FetchWeights: stream a stored version, NOT_FOUND or DATA_LOSS otherwise."""
+    path = version_dir(store, request.job_id, request.version)
+    if not (path / MANIFEST).is_file():
+        await context.abort(
+            grpc.StatusCode.NOT_FOUND, f"version {request.version} of job {request.job_id} is not stored"
+        )
+    chunks = iter_weight_chunks(path)
+    while True:
+        try:
+            # Hashing and reading are blocking: keep them off the event loop.
+            chunk = await asyncio.to_thread(next, chunks, None)
+        except WeightsError as exc:
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+        if chunk is None:
+            return
+        yield chunk
+
+
+def _safe_relative(rel: str) -> Path:
+    p = Path(rel)
+    if not rel or p.is_absolute() or ".." in p.parts:
+        raise WeightsError(f"refusing chunk path {rel!r}: it must stay inside the version directory")
+    return p
+
+
+def fetch_version(
+    target: str,
+    job_id: str,
+    version: int,
+    dest_root: Path,
+    *,
+    expected_sha256: str | None = None,
+    timeout_s: float = 600.0,
+) -> Path:
+    """Stream a version from the learner into dest_root/{job}/v{version}, verified; partial downloads vanish."""
+    dest = version_dir(dest_root, job_id, version)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".v{version}.fetch-", dir=dest.parent))
+    try:
+        with grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 64 << 20)]
+        ) as channel:
+            stub = learner_pb2_grpc.LearnerServiceStub(channel)
+            request = learner_pb2.FetchWeightsRequest(job_id=job_id, version=version)
+            sizes: dict[str, int] = {}
+            handles = {}
+            try:
+                for chunk in stub.FetchWeights(request, timeout=timeout_s):
+                    rel = _safe_relative(chunk.path)
+                    written = sizes.get(chunk.path, 0)
+                    if chunk.offset != written:
+                        raise WeightsError(
+                            f"{chunk.path}: chunk at offset {chunk.offset}, expected {written}"
+                        )
+                    if chunk.path not in handles:
+                        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                        handles[chunk.path] = (tmp / rel).open("wb")
+                    handles[chunk.path].write(chunk.data)
+                    sizes[chunk.path] = written + len(chunk.data)
+            finally:
+                for fh in handles.values():
+                    fh.close()
+        if MANIFEST not in sizes:
+            raise WeightsError(f"the learner at {target} sent no {MANIFEST}")
+        for f in tmp.rglob("*"):
+            if f.is_file() and f.stat().st_size != sizes.get(f.relative_to(tmp).as_posix(), -1):
+                raise WeightsError(f"{f.name}: size differs from what was announced")
+        verify_version(tmp, expected_sha256)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.rename(tmp, dest)
+        return dest
+    except grpc.RpcError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = f"the learner at {target}"
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            raise WeightsError(f"{where} is unreachable: {exc.details()}") from None
+        raise WeightsError(
+            f"{where} could not send version {version}: {exc.code().name}: {exc.details()}"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
