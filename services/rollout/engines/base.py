@@ -1,0 +1,57 @@
+"""What the rollout pod needs from a generation engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One prompt to expand into n completions."""
+
+    prompt_token_ids: list[int]
+    n: int
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    logprobs: bool = False
+
+
+@dataclass
+class GenSample:
+    """One completion: token ids (EOS included when it stopped), text, finish reason, optional log-probs."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    logprobs: list[float] = field(default_factory=list)
+
+
+class EngineError(RuntimeError):
+    """The engine could not start, generate or load weights."""
+
+
+class Engine(Protocol):
+    """A generation engine serving one set of weights at a time."""
+
+    name: str
+    tokenizer: object
+    dtype: str  # what the weights are served in, e.g. "float32" or "bfloat16"
+
+    def generate(self, requests: list[GenRequest]) -> list[list[GenSample]]:
+        """n samples for each request, in order."""
+
+    def load_weights(self, path: Path) -> None:
+        """Replace the served weights with the HF-format checkpoint in `path` (same architecture)."""
+
+    def sequence_logprobs(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
+        """Log-prob of each token after prompt_len, given its prefix (to check which weights are served)."""
+
+    def reset_prefix_cache(self) -> None:
+        """Forget cached KV so nothing computed with old weights is reused."""
+
+    def close(self) -> None:
+        """Release the engine."""

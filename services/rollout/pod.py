@@ -1,0 +1,454 @@
+"""The rollout pod: follow the active job, turn PromptTasks into ScoredGroups, hot-reload policy versions.
+
+One loop per pod. Between engine batches it looks at the job (state and control events) and at the
+policy stream; a newer version is fetched, verified (sha256, then probe log-probs served by the engine
+against the learner's fingerprint), loaded, and the prefix cache reset before the next batch. A batch
+is: read up to `batch_prompts` tasks (reclaiming dead pods' idle ones first), generate G completions
+per prompt in one engine call, score them with the reward service, then XADD the ScoredGroups and
+XACK the tasks in one transaction. Nothing is ACKed before its group is written, so a pod killed at any
+point loses no prompt: its pending tasks are reclaimed by a peer after `claim_idle_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from asympo.bus import GROUP_ROLLOUT, Delivery, JobKeys, StreamConsumer, connect, decode, encode
+from asympo.bus.codec import EntryError
+from asympo.proto.v1 import bus_pb2
+from asympo.records import FINAL_STATES, JobRecord, PodStatus, active_job, get_job, put_pod
+from services.reward.client import AsyncRewardClient, RewardServiceError
+
+from .engines import Engine, EngineError, GenRequest, GenSample, make_engine
+from .metrics import RolloutMetrics
+from .policy import (
+    LocalVersion,
+    ReloadRefused,
+    RetryGate,
+    materialize,
+    newest_version,
+    probe_mismatch,
+    probe_tolerance,
+    prune_fetched,
+)
+from .settings import RolloutSettings
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP_SIZE = 1024
+
+
+class RolloutPod:
+    """A rollout pod's state: the engine, the version it serves, the job it follows."""
+
+    def __init__(self, settings: RolloutSettings, metrics: RolloutMetrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or RolloutMetrics()
+        self.redis: aioredis.Redis | None = None
+        self.reward: AsyncRewardClient | None = None
+        self.engine: Engine | None = None
+        # The engine is not thread-safe; the batch loop and gRPC Generate both go through this lock.
+        self.engine_lock = asyncio.Lock()
+        self.served: LocalVersion | None = None
+        self.job: JobRecord | None = None
+        self.status: PodStatus | None = None
+        self.paused = False
+        self.stopping = asyncio.Event()
+        self._retry = RetryGate()
+        self._control_id = "$"
+        self._tokens_window: list[tuple[float, int]] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve jobs until `stopping` is set."""
+        self.redis = connect(self.settings.redis_url)
+        self.reward = AsyncRewardClient(self.settings.reward_target, parallelism=4)
+        try:
+            while not self.stopping.is_set():
+                job = await self._wait_for_job()
+                if job is None:
+                    break
+                try:
+                    await self._serve_job(job)
+                except Exception:
+                    # One job going wrong (a model vLLM cannot load, a lost Redis) must not end the pod.
+                    log.exception(
+                        "serving the job failed; looking for work again", extra={"job_id": job.job_id}
+                    )
+                    await self._set_state("unhealthy", last_error="serving the job failed; see the pod log")
+                    await self._sleep(self.settings.poll_s * 5)
+                finally:
+                    await self._release_engine()
+        finally:
+            await self.reward.close()
+            await self.redis.aclose()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _wait_for_job(self) -> JobRecord | None:
+        while not self.stopping.is_set():
+            try:
+                if self.settings.job_id:
+                    job = await get_job(self.redis, self.settings.job_id)
+                    job = job if job and job.state not in FINAL_STATES and job.state != "queued" else None
+                else:
+                    job = await active_job(self.redis)
+            except OSError as exc:
+                log.warning("cannot read jobs from Redis; retrying", extra={"cause": str(exc)})
+                job = None
+            if job is not None:
+                return job
+            await self._sleep(self.settings.poll_s)
+        return None
+
+    async def _release_engine(self) -> None:
+        async with self.engine_lock:
+            if self.engine is not None:
+                await asyncio.to_thread(self.engine.close)
+            self.engine, self.served, self.job = None, None, None
+        self.metrics.served_version.set(-1)
+
+    # ---- one job ---------------------------------------------------------------------------------
+
+    async def _serve_job(self, job: JobRecord) -> None:
+        s = self.settings
+        keys = JobKeys(job.job_id)
+        self.job = job
+        self.status = PodStatus(pod=s.pod, job_id=job.job_id, engine=s.engine, state="loading")
+        await put_pod(self.redis, self.status)
+        log.info("following job", extra={"job_id": job.job_id})
+        first = await self._wait_for_version(keys)
+        if first is None:
+            return
+        await self._start_engine(first)
+        consumer = StreamConsumer(
+            self.redis, keys.prompts, GROUP_ROLLOUT, s.pod, bus_pb2.PromptTask, dead_stream=keys.dead,
+            job_id=job.job_id, claim_idle_s=s.claim_idle_s, max_deliveries=s.max_deliveries, flow_key=keys.flow,
+        )  # fmt: skip
+        await consumer.ensure_group()
+        self._control_id = await self._last_control_id(keys)
+        backlog = await consumer.recover_own()  # tasks this pod name held before a restart
+        next_check = 0.0
+        heartbeat = asyncio.ensure_future(self._heartbeat())
+        try:
+            while not self.stopping.is_set():
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + s.poll_s
+                    if not await self._job_still_on(keys):
+                        return
+                    await self._maybe_reload(keys)
+                if self.paused or (self.status and self.status.state == "unhealthy"):
+                    await self._sleep(s.poll_s)
+                    continue
+                batch, backlog = backlog[: s.batch_prompts], backlog[s.batch_prompts :]
+                if not batch:
+                    batch = await consumer.read(s.batch_prompts, block_ms=int(min(s.poll_s, 2.0) * 1000))
+                if batch:
+                    await self._process(consumer, keys, batch)
+        finally:
+            heartbeat.cancel()
+            await self._set_state("stopped")
+
+    async def _wait_for_version(self, keys: JobKeys) -> bus_pb2.PolicyVersion | None:
+        """The newest published version; version 0 (the base model) is published by the learner at start."""
+        while not self.stopping.is_set():
+            pv = await newest_version(self.redis, keys)
+            if pv is not None:
+                return pv
+            if not await self._job_still_on(keys):
+                return None
+            await self._sleep(self.settings.poll_s)
+        return None
+
+    async def _start_engine(self, pv: bus_pb2.PolicyVersion) -> None:
+        s = self.settings
+        t0 = time.perf_counter()
+        local = await asyncio.to_thread(materialize, pv, s.weights_dir, s.learner_target)
+        vllm_options = {"max_model_len": s.max_model_len, "gpu_memory_utilization": s.gpu_memory_utilization}
+        async with self.engine_lock:
+            self.engine = await asyncio.to_thread(
+                make_engine, s.engine, local.path, device=s.device, dtype=s.dtype,
+                **(vllm_options if s.engine != "hf" else {}),
+            )  # fmt: skip
+            await self._check_probes(local)
+            self.served = local
+        self.status.engine = self.engine.name
+        await self._served_now(local)
+        self.metrics.reload_seconds.observe(time.perf_counter() - t0)
+        log.info(
+            "engine started",
+            extra={
+                "engine": self.engine.name,
+                "version": local.version,
+                "seconds": round(time.perf_counter() - t0, 2),
+            },
+        )
+
+    async def _check_probes(self, local: LocalVersion) -> None:
+        """Refuse weights whose served probe log-probs differ from the learner's fingerprint (engine lock held)."""
+        if not local.manifest.probes:
+            return
+        probes = local.manifest.probes
+        served = await asyncio.to_thread(
+            self.engine.sequence_logprobs, [p.token_ids for p in probes], [p.prompt_len for p in probes]
+        )
+        worst = probe_mismatch(local.manifest, served)
+        tolerance = self.settings.probe_tolerance or probe_tolerance(self.engine.dtype)
+        if worst > tolerance:
+            raise ReloadRefused(
+                "probe",
+                f"version {local.version}: served probe log-probs differ from the published fingerprint by "
+                f"{worst:.2e} > {tolerance:.1e} (stale weights would be served)",
+            )
+        log.info("probe check passed", extra={"version": local.version, "max_abs_diff": worst})
+
+    async def _served_now(self, local: LocalVersion) -> None:
+        self.metrics.served_version.set(local.version)
+        self.status.served_version = local.version
+        self.status.weights_sha256 = local.sha256
+        self.status.state = "paused" if self.paused else "serving"
+        await put_pod(self.redis, self.status)
+
+    async def _maybe_reload(self, keys: JobKeys) -> None:
+        pv = await newest_version(self.redis, keys)
+        if (
+            pv is None
+            or self.served is None
+            or pv.version <= self.served.version
+            or not self._retry.ready(pv)
+        ):
+            return
+        t0 = time.perf_counter()
+        await self._set_state("reloading")
+        previous = self.served
+        try:
+            local = await asyncio.to_thread(
+                materialize, pv, self.settings.weights_dir, self.settings.learner_target
+            )
+            async with self.engine_lock:
+                try:
+                    await asyncio.to_thread(self.engine.load_weights, local.path)
+                    await self._check_probes(local)
+                except Exception:
+                    # Put the verified previous weights back: serving a half-loaded or stale model is worse.
+                    await asyncio.to_thread(self.engine.load_weights, previous.path)
+                    raise
+                await asyncio.to_thread(self.engine.reset_prefix_cache)
+                self.served = local
+        except ReloadRefused as exc:
+            self._reload_failed(pv, exc.reason, str(exc))
+        except Exception as exc:
+            self._reload_failed(pv, "engine", f"{type(exc).__name__}: {exc}")
+        else:
+            self.metrics.reload_seconds.observe(time.perf_counter() - t0)
+            await self._served_now(local)
+            prune_fetched(self.settings.weights_dir, keys.job_id, {local.path, previous.path})
+            log.info(
+                "policy reloaded",
+                extra={"version": local.version, "seconds": round(time.perf_counter() - t0, 3)},
+            )
+            return
+        await self._set_state("serving")
+
+    def _reload_failed(self, pv: bus_pb2.PolicyVersion, reason: str, message: str) -> None:
+        self._retry.failed(pv)
+        self.metrics.reload_failures.labels(reason).inc()
+        self.status.reload_failures += 1
+        self.status.last_error = message
+        log.error(
+            "reload refused; still serving the previous version",
+            extra={"version": pv.version, "cause": message},
+        )
+
+    async def _job_still_on(self, keys: JobKeys) -> bool:
+        """Apply control events and the job record's state; False when the job is over for this pod."""
+        reply = await self.redis.xread({keys.control: self._control_id}, count=100)
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self._control_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                try:
+                    event = decode(fields, bus_pb2.ControlEvent, keys.job_id)
+                except EntryError:
+                    continue
+                if event.kind in ("pause", "resume"):
+                    self._set_paused(event.kind == "pause")
+                elif event.kind == "cancel":
+                    return False
+        job = await get_job(self.redis, keys.job_id)
+        if job is None or job.state in FINAL_STATES:
+            log.info("job is over", extra={"job_id": keys.job_id, "state": job.state if job else "deleted"})
+            return False
+        self._set_paused(job.state == "paused")
+        self.job = job
+        return True
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused != self.paused:
+            log.info("paused" if paused else "resumed")
+        self.paused = paused
+        self.metrics.paused.set(int(paused))
+        if self.status and self.status.state in ("serving", "paused"):
+            self.status.state = "paused" if paused else "serving"
+
+    async def _last_control_id(self, keys: JobKeys) -> str:
+        last = await self.redis.xrevrange(keys.control, count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    async def _set_state(self, state: str, last_error: str | None = None) -> None:
+        if self.status is None:
+            return
+        self.status.state = state
+        if last_error is not None:
+            self.status.last_error = last_error
+        try:
+            await put_pod(self.redis, self.status)
+        except OSError:
+            pass
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            self.status.tokens_per_s = self.tokens_per_s()
+            try:
+                await put_pod(self.redis, self.status)
+            except OSError as exc:
+                log.warning("heartbeat failed", extra={"cause": str(exc)})
+
+    # ---- one batch -------------------------------------------------------------------------------
+
+    async def _process(self, consumer: StreamConsumer, keys: JobKeys, batch: list[Delivery]) -> None:
+        usable = []
+        for d in batch:
+            reason = self._unusable(d.message)
+            if reason:
+                self.metrics.prompts_dead.inc()
+                await consumer.dead_letter(d.entry_id, encode(d.message), reason)
+            else:
+                usable.append(d)
+        if not usable:
+            return
+        try:
+            await self._process_batch(consumer, keys, usable)
+        except (EngineError, ValueError, RuntimeError) as exc:
+            if len(usable) == 1:
+                # Left un-ACKed: redelivered until max_deliveries, then dead-lettered with the reason.
+                log.error(
+                    "a prompt failed in the engine", extra={"entry": usable[0].entry_id, "cause": str(exc)}
+                )
+                return
+            # Find the poison: alone, each good task goes through and only the bad one keeps failing.
+            log.warning(
+                "a batch failed in the engine; retrying its tasks one by one", extra={"cause": str(exc)}
+            )
+            for d in usable:
+                await self._process(consumer, keys, [d])
+
+    def _unusable(self, task: bus_pb2.PromptTask) -> str | None:
+        if not task.prompt and not task.prompt_token_ids:
+            return "prompt task has neither prompt nor prompt_token_ids"
+        if not 1 <= task.group_size <= MAX_GROUP_SIZE:
+            return f"group_size {task.group_size} outside 1..{MAX_GROUP_SIZE}"
+        if task.sampling.max_new_tokens < 0:
+            return f"negative max_new_tokens {task.sampling.max_new_tokens}"
+        return None
+
+    async def _process_batch(self, consumer: StreamConsumer, keys: JobKeys, batch: list[Delivery]) -> None:
+        t_start = time.time()
+        tasks = [d.message for d in batch]
+        for d in batch:
+            self.metrics.queue_wait.observe(max(0.0, t_start - int(d.entry_id.split("-")[0]) / 1000))
+        grpo = self.job is not None and self.job.spec.algorithm.loss == "grpo"
+        requests = [self._request(t, grpo) for t in tasks]
+        async with self.engine_lock:
+            version_start = self.served.version
+            t0 = time.perf_counter()
+            groups = await asyncio.to_thread(self.engine.generate, requests)
+            gen_s = time.perf_counter() - t0
+            version_end = self.served.version
+        self.metrics.generate_seconds.observe(gen_s)
+        n_tokens = sum(len(s.token_ids) for g in groups for s in g)
+        self.metrics.tokens.inc(n_tokens)
+        self._tokens_window.append((time.monotonic(), n_tokens))
+
+        t1 = time.perf_counter()
+        try:
+            rewards = await asyncio.gather(*(self._score(t, g) for t, g in zip(tasks, groups)))
+        except RewardServiceError as exc:
+            # Leave the tasks un-ACKed: they are reclaimed (by a peer or this pod) once idle, by then
+            # hopefully with a reward service back.
+            self.metrics.reward_failures.inc()
+            log.error(
+                "reward service failed; tasks left for retry", extra={"cause": str(exc), "tasks": len(batch)}
+            )
+            await self._sleep(min(self.settings.claim_idle_s, 5.0))
+            return
+        score_s = time.perf_counter() - t1
+        self.metrics.reward_seconds.observe(score_s)
+
+        out = []
+        for d, task, request, group, scores in zip(batch, tasks, requests, groups, rewards):
+            queued = max(0.0, t_start - int(d.entry_id.split("-")[0]) / 1000)
+            out.append(
+                bus_pb2.ScoredGroup(
+                    job_id=task.job_id,
+                    prompt_id=task.prompt_id,
+                    prompt_token_ids=request.prompt_token_ids,
+                    completions=[
+                        bus_pb2.Completion(
+                            token_ids=s.token_ids,
+                            text=s.text,
+                            reward=r.reward,
+                            finish_reason=s.finish_reason,
+                            reward_status=r.status,
+                            behavior_logprobs=s.logprobs if grpo else [],
+                        )  # fmt: skip
+                        for s, r in zip(group, scores)
+                    ],
+                    gen_version_start=version_start,
+                    gen_version_end=version_end,
+                    pod=self.settings.pod,
+                    timings=bus_pb2.Timings(queued_s=queued, generate_s=gen_s, score_s=score_s),
+                )
+            )
+        await consumer.ack_and_publish([d.entry_id for d in batch], keys.groups, out)
+        self.metrics.groups.inc(len(out))
+        if self.status:
+            self.status.groups_published += len(out)
+        self.metrics.tokens_per_s.set(self.tokens_per_s())
+
+    def _request(self, task: bus_pb2.PromptTask, grpo: bool) -> GenRequest:
+        ids = list(task.prompt_token_ids) or self.engine.tokenizer(task.prompt).input_ids
+        sp = task.sampling
+        return GenRequest(
+            prompt_token_ids=ids,
+            n=max(1, task.group_size),
+            max_new_tokens=sp.max_new_tokens or 256,
+            temperature=sp.temperature if sp.temperature > 0 else 1.0,
+            top_p=sp.top_p if 0 < sp.top_p <= 1 else 1.0,
+            seed=sp.seed,
+            logprobs=grpo,
+        )
+
+    async def _score(self, task: bus_pb2.PromptTask, group: list[GenSample]):
+        verifier = task.verifier or (self.job.spec.verifier if self.job else "exact")
+        return await self.reward.score(
+            verifier, [s.text for s in group], [task.reference] * len(group), self.settings.reward_deadline_s
+        )
+
+    def tokens_per_s(self, window_s: float = 30.0) -> float:
+        """Generated tokens per second over the last window."""
+        now = time.monotonic()
+        self._tokens_window = [(t, n) for t, n in self._tokens_window if now - t <= window_s]
+        if not self._tokens_window:
+            return 0.0
+        span = max(1.0, now - self._tokens_window[0][0])
+        return sum(n for _, n in self._tokens_window) / span

@@ -1,0 +1,79 @@
+"""The RolloutService gRPC servicer: Status of the pod, and Generate for evaluation and smoke tests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from asympo.proto.v1 import bus_pb2, rollout_pb2, rollout_pb2_grpc
+
+from .engines import GenRequest
+from .pod import MAX_GROUP_SIZE, RolloutPod
+
+SERVICE_NAME = rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name
+MAX_PROMPTS = 1024
+
+
+class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
+    """Answers from the pod's live state; Generate shares the engine with the batch loop."""
+
+    def __init__(self, pod: RolloutPod):
+        self.pod = pod
+
+    async def Status(self, request, context) -> rollout_pb2.RolloutStatus:
+        """Which job and version this pod serves, with which engine, how fast."""
+        pod = self.pod
+        return rollout_pb2.RolloutStatus(
+            pod=pod.settings.pod,
+            job_id=pod.job.job_id if pod.job else "",
+            served_version=pod.served.version if pod.served else -1,
+            weights_sha256=pod.served.sha256 if pod.served else "",
+            engine=pod.engine.name if pod.engine else "",
+            tokens_per_s=pod.tokens_per_s(),
+        )
+
+    async def Generate(self, request: rollout_pb2.GenerateRequest, context) -> rollout_pb2.GenerateResponse:
+        """n completions per prompt with the served weights (no rewards)."""
+        pod = self.pod
+        n = request.n or 1
+        if not 1 <= n <= MAX_GROUP_SIZE or len(request.prompts) > MAX_PROMPTS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"n must be in 1..{MAX_GROUP_SIZE}, prompts at most {MAX_PROMPTS}",
+            )
+        sp = request.sampling
+        async with pod.engine_lock:
+            if pod.engine is None or pod.served is None:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION, "no model loaded: the pod serves no job yet"
+                )
+            tokenizer = pod.engine.tokenizer
+            requests = [
+                GenRequest(
+                    prompt_token_ids=tokenizer(p).input_ids,
+                    n=n,
+                    max_new_tokens=sp.max_new_tokens or 64,
+                    temperature=sp.temperature,
+                    top_p=sp.top_p if 0 < sp.top_p <= 1 else 1.0,
+                    seed=sp.seed,
+                )  # fmt: skip
+                for p in request.prompts
+            ]
+            if any(not r.prompt_token_ids for r in requests):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty prompt")
+            # temperature 0 = greedy, as in vLLM; the hf engine treats it the same way below.
+            groups = await asyncio.to_thread(pod.engine.generate, requests) if requests else []
+            version = pod.served.version
+        return rollout_pb2.GenerateResponse(
+            outputs=[
+                rollout_pb2.PromptCompletions(
+                    completions=[
+                        bus_pb2.Completion(token_ids=s.token_ids, text=s.text, finish_reason=s.finish_reason)
+                        for s in group
+                    ]
+                )
+                for group in groups
+            ],
+            served_version=version,
+        )

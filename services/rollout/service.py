@@ -1,0 +1,76 @@
+"""The rollout pod process: gRPC server, metrics exporter and the pod loop, with a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from asympo.grpc_service import GrpcServer
+from asympo.proto.v1 import rollout_pb2_grpc
+from asympo.telemetry import start_metrics_server
+
+from .metrics import RolloutMetrics
+from .pod import RolloutPod
+from .server import SERVICE_NAME, RolloutServicer
+from .settings import RolloutSettings
+
+log = logging.getLogger(__name__)
+
+
+class RolloutService:
+    """`run()`: serve until SIGTERM/SIGINT, then stop taking tasks, let the batch in flight finish, exit 0."""
+
+    def __init__(self, settings: RolloutSettings):
+        self.settings = settings
+        self.metrics = RolloutMetrics()
+        self.pod = RolloutPod(settings, self.metrics)
+
+    async def run(self) -> int:
+        """Start everything, serve, and shut down on a signal; returns the exit code."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            loop.add_signal_handler(sig, self.pod.stopping.set)
+        metrics_server = (
+            start_metrics_server(s.metrics_port, self.metrics.registry, addr=s.host)
+            if s.metrics_port >= 0
+            else None
+        )
+        grpc_server = GrpcServer(s.host, s.port)
+        grpc_server.add_service(
+            rollout_pb2_grpc.add_RolloutServiceServicer_to_server, RolloutServicer(self.pod), SERVICE_NAME
+        )
+        port = await grpc_server.start()
+        log.info(
+            "serving",
+            extra={
+                "pod": s.pod,
+                "port": port,
+                "metrics_port": metrics_server.port if metrics_server else None,
+            },
+        )
+        pod_loop = asyncio.ensure_future(self.pod.run())
+        stop = asyncio.ensure_future(self.pod.stopping.wait())
+        try:
+            await asyncio.wait([pod_loop, stop], return_when=asyncio.FIRST_COMPLETED)
+            if pod_loop.done():
+                pod_loop.result()  # a crash of the loop is a crash of the pod
+            else:
+                log.info("signal received: finishing the batch in flight", extra={"grace_s": s.grace_s})
+                try:
+                    await asyncio.wait_for(asyncio.shield(pod_loop), s.grace_s)
+                except asyncio.TimeoutError:
+                    # Its un-ACKed tasks are reclaimed by peer pods after claim_idle_s.
+                    log.warning("batch did not finish within the grace period; leaving it to peers")
+                    pod_loop.cancel()
+        finally:
+            stop.cancel()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            await grpc_server.stop(1.0)
+            if metrics_server is not None:
+                await asyncio.to_thread(metrics_server.stop)
+        log.info("stopped")
+        return 0

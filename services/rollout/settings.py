@@ -1,0 +1,68 @@
+"""RolloutSettings: a rollout pod's configuration, from ASYMPO_ROLLOUT_* variables and flags."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from asympo.service_settings import load_settings as load_service_settings
+
+
+def _default_pod_name() -> str:
+    # On Kubernetes the hostname is the pod name: stable across container restarts of the same pod,
+    # so a restarted container takes back its own pending entries.
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+class RolloutSettings(BaseSettings):
+    """Everything `python -m services.rollout` can be told; flags override environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="ASYMPO_ROLLOUT_", extra="forbid", validate_default=True)
+
+    pod: str = Field(default_factory=_default_pod_name, min_length=1, description="consumer name of this pod")
+    redis_url: str | None = Field(None, description="Redis URL (default $ASYMPO_REDIS_URL)")
+    reward_target: str = Field("127.0.0.1:50051", description="host:port of the reward service")
+    learner_target: str | None = Field(None, description="host:port of the learner, for FetchWeights")
+    job_id: str | None = Field(None, description="serve only this job (default: the active job)")
+    engine: Literal["auto", "vllm", "hf"] = Field("auto", description="generation engine")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="device of the hf engine")
+    dtype: str = Field("auto", description="engine dtype (auto, float32, bfloat16, float16)")
+    max_model_len: int | None = Field(None, ge=16, description="vLLM context length (default: the model's)")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory share")
+    host: str = Field("0.0.0.0", description="address of the gRPC server")
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged)")
+    metrics_port: int = Field(9102, ge=-1, le=65535, description="Prometheus port; 0 = free one, -1 = off")
+    batch_prompts: int = Field(16, ge=1, description="prompt groups per engine call")
+    claim_idle_s: float = Field(60.0, gt=0, description="take over entries idle this long from dead pods")
+    max_deliveries: int = Field(5, ge=1, description="dead-letter a prompt after this many deliveries")
+    reward_deadline_s: float = Field(10.0, gt=0, description="per-item deadline for reward scoring")
+    weights_dir: Path = Field(Path(".asympo/weights"), description="where fetched weights are kept")
+    keep_versions: int = Field(2, ge=1, description="fetched versions kept on local disk")
+    probe_tolerance: float | None = Field(
+        None,
+        gt=0,
+        description="max |Δ logprob| on probe tokens after a reload (default 2e-3 fp32, 0.1 bf16/fp16)",
+    )
+    poll_s: float = Field(1.0, gt=0, description="how often to look for a job, versions and control events")
+    heartbeat_s: float = Field(5.0, gt=0, description="how often PodStatus is refreshed")
+    grace_s: float = Field(30.0, ge=0, description="on SIGTERM, time the batch in flight gets to finish")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()
+
+
+def load_settings(argv: list[str] | None = None) -> RolloutSettings:
+    """Settings from the environment, overridden by the flags in `argv`; SettingsError names bad fields."""
+    return load_service_settings(
+        RolloutSettings, "python -m services.rollout", "An asympo rollout pod.", argv
+    )

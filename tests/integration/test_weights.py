@@ -1,0 +1,189 @@
+"""The weight store with a real model: atomic versions, verification, probes, gRPC fetch."""
+
+import asyncio
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from asympo.grpc_service import GrpcServer
+from asympo.models.tiny import build_model, build_tokenizer
+from asympo.proto.v1 import learner_pb2, learner_pb2_grpc
+from asympo.spec import TinyModelSpec
+from asympo.weights import (
+    MANIFEST,
+    WeightsError,
+    compute_probes,
+    directory_sha256,
+    fetch_version,
+    fetch_weights_rpc,
+    gc_versions,
+    iter_weight_chunks,
+    list_versions,
+    local_path,
+    read_manifest,
+    verify_version,
+    write_version,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok = build_tokenizer()
+    return build_model(TinyModelSpec(), tok), tok
+
+
+def flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_written_version_loads_back_identically_and_is_announced(tmp_path, tiny):
+    model, tok = tiny
+    pv, path = write_version(tmp_path, "job1", 3, 30, model, tok)
+    assert path == tmp_path / "job1" / "v3" and local_path(pv.uri) == path.resolve()
+    assert (pv.job_id, pv.version, pv.step) == ("job1", 3, 30) and pv.bytes > 0
+    manifest = verify_version(path, pv.sha256)
+    assert manifest.sha256 == pv.sha256 and "model.safetensors" in manifest.files
+    assert len(manifest.probes) >= 3 and all(lp < 0 for p in manifest.probes for lp in p.logprobs)
+    loaded = AutoModelForCausalLM.from_pretrained(path).eval()
+    x = torch.tensor([tok("12+34=46").input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(input_ids=x).logits, model.eval()(input_ids=x).logits, atol=0, rtol=0
+        )
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")], (
+        "temporary directories left behind"
+    )
+
+
+def test_probes_follow_the_weights(tmp_path, tiny):
+    model, tok = tiny
+    before = compute_probes(model, tok)
+    assert compute_probes(model, tok) == before
+    changed = build_model(TinyModelSpec(seed=1), tok)
+    assert compute_probes(changed, tok) != before
+
+
+def test_digest_is_deterministic_and_sensitive(tmp_path, tiny):
+    model, tok = tiny
+    _, path = write_version(tmp_path, "j", 0, 0, model, tok)
+    digest, total, files = directory_sha256(path)
+    assert directory_sha256(path) == (digest, total, files) and MANIFEST not in files
+    flip_byte(path / "model.safetensors")
+    with pytest.raises(WeightsError, match="model.safetensors is corrupt"):
+        verify_version(path)
+    flip_byte(path / "model.safetensors")
+    verify_version(path)
+    (path / "extra.bin").write_bytes(b"x")
+    with pytest.raises(WeightsError, match="extra.bin is not part of the version"):
+        verify_version(path)
+    (path / "extra.bin").unlink()
+    (path / "tokenizer.json").unlink()
+    with pytest.raises(WeightsError, match="tokenizer.json is missing"):
+        verify_version(path)
+
+
+def test_a_failed_write_leaves_nothing_and_same_version_twice(tmp_path, tiny):
+    model, tok = tiny
+
+    class Exploding:
+        def save_pretrained(self, *a, **k):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_version(tmp_path, "j", 1, 1, model, Exploding())
+    assert list_versions(tmp_path, "j") == [] and not list((tmp_path / "j").iterdir())
+    pv1, _ = write_version(tmp_path, "j", 1, 1, model, tok)
+    pv1b, _ = write_version(tmp_path, "j", 1, 1, model, tok)  # identical weights: idempotent
+    assert pv1b.sha256 == pv1.sha256
+    other = build_model(TinyModelSpec(seed=2), tok)
+    with pytest.raises(WeightsError, match="already exists with different weights"):
+        write_version(tmp_path, "j", 1, 1, other, tok)
+
+
+def test_gc_keeps_the_newest_and_version_zero(tmp_path, tiny):
+    model, tok = tiny
+    for v in range(6):
+        write_version(tmp_path, "j", v, v, model, tok, keep=10)
+    assert gc_versions(tmp_path, "j", keep=2) == [1, 2, 3]
+    assert list_versions(tmp_path, "j") == [0, 4, 5]
+    write_version(tmp_path, "j", 6, 6, model, tok, keep=2)
+    assert list_versions(tmp_path, "j") == [0, 5, 6]
+
+
+def test_chunks_cover_every_file_in_order(tmp_path, tiny):
+    model, tok = tiny
+    pv, path = write_version(tmp_path, "j", 0, 0, model, tok)
+    chunks = list(iter_weight_chunks(path, chunk_bytes=100_000))
+    assert {c.sha256 for c in chunks} == {pv.sha256} and chunks[-1].path == MANIFEST
+    sizes = {}
+    for c in chunks:
+        assert c.offset == sizes.get(c.path, 0)
+        sizes[c.path] = c.offset + len(c.data)
+        assert c.file_size == (path / c.path).stat().st_size
+    assert sizes == {p.name: p.stat().st_size for p in path.iterdir()}
+
+
+class _Learner(learner_pb2_grpc.LearnerServiceServicer):
+    def __init__(self, store):
+        self.store = store
+
+    async def FetchWeights(self, request, context):
+        async for chunk in fetch_weights_rpc(request, context, self.store):
+            yield chunk
+
+
+class _Evil(learner_pb2_grpc.LearnerServiceServicer):
+    async def FetchWeights(self, request, context):
+        yield learner_pb2.WeightChunk(path="../../escape.txt", offset=0, data=b"x", file_size=1)
+
+
+def _serve(servicer, fn):
+    async def go():
+        server = GrpcServer("127.0.0.1", 0)
+        server.add_service(
+            learner_pb2_grpc.add_LearnerServiceServicer_to_server, servicer, "asympo.v1.LearnerService"
+        )
+        port = await server.start()
+        try:
+            return await asyncio.to_thread(fn, f"127.0.0.1:{port}")
+        finally:
+            await server.stop(0)
+
+    return asyncio.run(go())
+
+
+def test_fetch_over_grpc(tmp_path, tiny):
+    model, tok = tiny
+    store, dest = tmp_path / "store", tmp_path / "pod"
+    pv, path = write_version(store, "j", 2, 2, model, tok)
+    fetched = _serve(_Learner(store), lambda t: fetch_version(t, "j", 2, dest, expected_sha256=pv.sha256))
+    assert fetched == dest / "j" / "v2" and verify_version(fetched, pv.sha256).version == 2
+    assert read_manifest(fetched).probes == read_manifest(path).probes
+    assert AutoModelForCausalLM.from_pretrained(fetched) is not None
+
+    with pytest.raises(WeightsError, match="NOT_FOUND"):
+        _serve(_Learner(store), lambda t: fetch_version(t, "j", 9, dest))
+    flip_byte(path / "model.safetensors")
+    with pytest.raises(WeightsError, match="DATA_LOSS"):
+        _serve(_Learner(store), lambda t: fetch_version(t, "j", 2, tmp_path / "pod2"))
+    with pytest.raises(WeightsError, match="refusing chunk path"):
+        _serve(_Evil(), lambda t: fetch_version(t, "j", 2, tmp_path / "pod3"))
+    assert not (tmp_path / "escape.txt").exists()
+    for root in (tmp_path / "pod2", tmp_path / "pod3"):
+        assert not [p for p in (root / "j").iterdir()], "partial download left behind"
+
+
+def test_unreachable_learner_is_named(tmp_path):
+    with pytest.raises(WeightsError, match="127.0.0.1:1 is unreachable"):
+        fetch_version("127.0.0.1:1", "j", 0, tmp_path, timeout_s=5)
+
+
+def test_manifest_is_json(tmp_path, tiny):
+    model, tok = tiny
+    _, path = write_version(tmp_path, "j", 0, 0, model, tok)
+    data = json.loads((path / MANIFEST).read_text())
+    assert {"job_id", "version", "step", "sha256", "bytes", "files", "probes", "created_at"} <= set(data)
