@@ -33,3 +33,21 @@ def test_reward_benchmark(tmp_path):
     result = _run("reward.py", "--items", 60, "--repeats", 1, "--workers", 1, out=tmp_path / "reward.json")
     text = json.dumps(result)
     assert "ratio" in text and result["items"] == 60
+
+
+def test_rollout_benchmark(tmp_path):
+    result = _run(
+        "rollout.py",
+        "--engine",
+        "hf",
+        "--prompts",
+        8,
+        "--batch",
+        4,
+        "--reloads",
+        1,
+        out=tmp_path / "rollout.json",
+    )
+    assert result["service"]["tokens"] > 0 and result["engine_direct"]["tokens"] > 0
+    assert result["ratio_service_to_direct"] > 0 and result["final_served_version"] == 1
+    assert result["reload_seconds_median"] > 0
