@@ -153,6 +153,10 @@ class RolloutPod:
                 if not batch:
                     batch = await consumer.read(s.batch_prompts, block_ms=int(min(s.poll_s, 2.0) * 1000))
                 if batch:
+                    if max(d.message.dispatch_version for d in batch) > self.served.version:
+                        # Dispatched against a version this pod has not loaded yet: load it first, or the
+                        # groups would start out staler than the learner's admission control intended.
+                        await self._maybe_reload(keys)
                     await self._process(consumer, keys, batch)
         finally:
             heartbeat.cancel()
