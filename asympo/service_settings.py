@@ -27,11 +27,18 @@ def settings_parser(cls: type[BaseSettings], prog: str, description: str) -> arg
         prog=prog, description=f"{description} Every flag can also be set as {prefix}<NAME>."
     )
     for name, info in cls.model_fields.items():
+        help_text = f"{info.description or name} (env {prefix}{name.upper()})"
+        if info.annotation is bool:
+            # A switch: --exit-when-idle turns it on, --no-exit-when-idle off.
+            p.add_argument(
+                "--" + name.replace("_", "-"),
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+            continue
         p.add_argument(
-            "--" + name.replace("_", "-"),
-            type=_flag_type(info.annotation),
-            default=None,
-            help=f"{info.description or name} (env {prefix}{name.upper()})",
+            "--" + name.replace("_", "-"), type=_flag_type(info.annotation), default=None, help=help_text
         )
     return p
 

@@ -20,9 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 class ServiceProcess:
     """A service subprocess; `lines` collects its output, `records` the JSON ones, ports come from 'serving'."""
 
-    def __init__(self, module: str, *flags: str, env: dict | None = None, start_timeout_s: float = 120.0):
+    def __init__(
+        self, module: str, *flags: str, env: dict | None = None, start_timeout_s: float = 120.0,
+        launcher: tuple[str, ...] = (),
+    ):  # fmt: skip
+        # launcher: e.g. ("torch.distributed.run", "--nproc-per-node", "2", "-m") to start it under torchrun.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", *flags],
+            [sys.executable, "-m", *launcher, module, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+             *flags],
             cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         self.module = module

@@ -5,6 +5,7 @@ from asympo.bus.connection import connect, redis_url
 from asympo.bus.dedup import SeenPrompts
 from asympo.bus.flow import Flow, admission_limit, dispatch, mark_consumed, read_flow
 from asympo.bus.keys import GROUP_LEARNER, GROUP_ROLLOUT, JOBS, QUEUE, JobKeys
+from asympo.bus.policy import newest_version
 from asympo.bus.streams import Delivery, StreamConsumer, publish
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "dispatch",
     "encode",
     "mark_consumed",
+    "newest_version",
     "publish",
     "read_flow",
     "redis_url",

@@ -64,6 +64,11 @@ class JobKeys:
         return self._key("seen")
 
     @property
+    def steps(self) -> str:
+        """Stream of the learner's per-step records (JSON)."""
+        return self._key("steps")
+
+    @property
     def flow(self) -> str:
         """Hash of counters: dispatched, consumed, dropped (admission control)."""
         return self._key("flow")

@@ -139,14 +139,20 @@ class StreamConsumer:
         self.stats.delivered += len(out)
         return out
 
-    async def recover_own(self) -> list[Delivery]:
-        """Take back this consumer name's own pending entries (after a restart), counting a delivery each."""
+    async def recover_own(self, adopt: Sequence[str] = ()) -> list[Delivery]:
+        """Take back this consumer's pending entries (after a restart), and those of the `adopt` consumers.
+
+        Each counts a delivery. `adopt` names consumers that no longer exist, e.g. the ranks a
+        learner restarted with fewer ranks lost.
+        """
         if not self._group_ready:
             await self.ensure_group()
-        pending = await self.redis.xpending_range(
-            self.stream, self.group, min="-", max="+", count=10_000, consumername=self.consumer
-        )
-        ids = [_id(p["message_id"]) for p in pending]
+        ids = []
+        for name in (self.consumer, *adopt):
+            pending = await self.redis.xpending_range(
+                self.stream, self.group, min="-", max="+", count=10_000, consumername=name
+            )
+            ids += [_id(p["message_id"]) for p in pending]
         if not ids:
             return []
         # XCLAIM (unlike re-reading with id 0) bumps the delivery counter, so a message that
@@ -212,6 +218,23 @@ class StreamConsumer:
         """Acknowledge entries whose work is done (or deliberately dropped)."""
         if entry_ids:
             await self.redis.xack(self.stream, self.group, *entry_ids)
+
+    async def ack_consumed(self, entry_ids: Sequence[str]) -> None:
+        """Acknowledge entries and count them consumed in the flow counters, in one MULTI/EXEC."""
+        if not entry_ids:
+            return
+        if self.flow_key is None:
+            raise ValueError("ack_consumed needs the consumer's flow_key")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, self.group, *entry_ids)
+            pipe.hincrby(self.flow_key, "consumed", len(entry_ids))
+            await pipe.execute()
+
+    async def consumers(self) -> list[str]:
+        """The names of the group's consumers."""
+        if not self._group_ready:
+            await self.ensure_group()
+        return [_id(c["name"]) for c in await self.redis.xinfo_consumers(self.stream, self.group)]
 
     async def ack_and_publish(
         self,

@@ -17,7 +17,16 @@ import time
 
 import redis.asyncio as aioredis
 
-from asympo.bus import GROUP_ROLLOUT, Delivery, JobKeys, StreamConsumer, connect, decode, encode
+from asympo.bus import (
+    GROUP_ROLLOUT,
+    Delivery,
+    JobKeys,
+    StreamConsumer,
+    connect,
+    decode,
+    encode,
+    newest_version,
+)
 from asympo.bus.codec import EntryError
 from asympo.proto.v1 import bus_pb2
 from asympo.records import FINAL_STATES, JobRecord, PodStatus, active_job, get_job, put_pod
@@ -30,7 +39,6 @@ from .policy import (
     ReloadRefused,
     RetryGate,
     materialize,
-    newest_version,
     probe_mismatch,
     probe_tolerance,
     prune_fetched,

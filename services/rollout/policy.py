@@ -8,9 +8,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
-from asympo.bus import EntryError, JobKeys, decode
 from asympo.proto.v1 import bus_pb2
 from asympo.weights import VersionManifest, WeightsError, fetch_version, local_path, verify_version
 
@@ -33,18 +30,6 @@ class LocalVersion:
     sha256: str
     path: Path
     manifest: VersionManifest
-
-
-async def newest_version(
-    redis: aioredis.Redis, keys: JobKeys, scan: int = 20
-) -> bus_pb2.PolicyVersion | None:
-    """The newest readable PolicyVersion of the job (older ones are skipped: only the newest matters)."""
-    for _, fields in await redis.xrevrange(keys.policy, count=scan):
-        try:
-            return decode(fields, bus_pb2.PolicyVersion, keys.job_id)
-        except EntryError as exc:
-            log.warning("unreadable PolicyVersion entry skipped", extra={"reason": exc.reason})
-    return None
 
 
 def materialize(pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: str | None) -> LocalVersion:

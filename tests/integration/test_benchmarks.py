@@ -51,3 +51,13 @@ def test_rollout_benchmark(tmp_path):
     assert result["service"]["tokens"] > 0 and result["engine_direct"]["tokens"] > 0
     assert result["ratio_service_to_direct"] > 0 and result["final_served_version"] == 1
     assert result["reload_seconds_median"] > 0
+
+
+def test_learner_benchmark(tmp_path):
+    result = _run(
+        "learner.py", "--hidden", 64, "--layers", 1, "--prompts", 4, "--group", 4, "--response", 16,
+        "--steps", 1, "--publishes", 1, out=tmp_path / "learner.json",
+    )  # fmt: skip
+    training, publish = result["training"], result["publish"]
+    assert training["tokens_per_step"] > 0 and training["ratio_learner_to_plain"] > 0
+    assert publish["version_bytes"] > 0 and publish["ratio_publish_to_copy"] > 0

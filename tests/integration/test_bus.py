@@ -215,6 +215,28 @@ async def test_restarted_consumer_recovers_its_own_pending_with_a_delivery_count
     assert {d.deliveries for d in recovered} == {2}
 
 
+async def test_a_vanished_consumers_pending_entries_can_be_adopted(redis, job_keys):
+    await dispatch(redis, job_keys, [task(job_keys, i) for i in range(4)])
+    rank1 = consumer(redis, job_keys, "rank1")
+    assert len(await rank1.read(2, 100)) == 2
+    rank0 = consumer(redis, job_keys, "rank0")
+    assert sorted(await rank0.consumers()) == ["rank1"]
+    adopted = await rank0.recover_own(adopt=["rank1"])
+    assert [d.message.prompt_id for d in adopted] == ["p0", "p1"]
+    pending = await redis.xpending_range(job_keys.prompts, GROUP_ROLLOUT, min="-", max="+", count=10)
+    assert {p["consumer"] for p in pending} == {b"rank0"}
+
+
+async def test_ack_consumed_acks_and_counts_together(redis, job_keys):
+    await dispatch(redis, job_keys, [task(job_keys, i) for i in range(3)])
+    c = consumer(redis, job_keys, "rank0")
+    batch = await c.read(3, 100)
+    await c.ack_consumed([d.entry_id for d in batch[:2]])
+    assert (await redis.xpending(job_keys.prompts, GROUP_ROLLOUT))["pending"] == 1
+    flow = await read_flow(redis, job_keys)
+    assert (flow.dispatched, flow.consumed, flow.in_flight) == (3, 2, 1)
+
+
 async def test_ack_and_publish_writes_output_and_acks_input_together(redis, job_keys):
     await dispatch(redis, job_keys, [task(job_keys, 0)])
     c = consumer(redis, job_keys, "pod-a")

@@ -1,0 +1,51 @@
+"""LearnerSettings: the learner's configuration, from ASYMPO_LEARNER_* variables and flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from asympo.service_settings import load_settings as load_service_settings
+
+
+class LearnerSettings(BaseSettings):
+    """Everything `python -m services.learner` can be told; flags override environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="ASYMPO_LEARNER_", extra="forbid", validate_default=True)
+
+    redis_url: str | None = Field(None, description="Redis URL (default $ASYMPO_REDIS_URL)")
+    job_id: str | None = Field(
+        None, description="run only this job (default: the active one, else the queue)"
+    )
+    weight_store: Path = Field(Path(".asympo/weight-store"), description="where versions are written")
+    checkpoint_dir: Path = Field(Path(".asympo/checkpoints"), description="where checkpoints are written")
+    model_cache: Path | None = Field(None, description="tiny-model cache (default $ASYMPO_CACHE_DIR)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="training device")
+    host: str = Field("0.0.0.0", description="address of the gRPC server (rank 0)")
+    port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged)")
+    metrics_port: int = Field(9103, ge=-1, le=65535, description="Prometheus port; 0 = free one, -1 = off")
+    micro_batch_rows: int = Field(64, ge=1, description="responses per forward/backward pass")
+    keep_versions: int = Field(3, ge=1, description="published versions kept in the weight store")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept")
+    eval_max_params: int = Field(
+        50_000_000, ge=0, description="held-out eval only for models up to this size"
+    )
+    poll_s: float = Field(0.5, gt=0, description="how often to look for jobs, control events, capacity")
+    exit_when_idle: bool = Field(False, description="exit after one job instead of waiting for the next")
+    grace_s: float = Field(60.0, ge=0, description="on SIGTERM, time to finish the step and checkpoint")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()
+
+
+def load_settings(argv: list[str] | None = None) -> LearnerSettings:
+    """Settings from the environment, overridden by the flags in `argv`; SettingsError names bad fields."""
+    return load_service_settings(LearnerSettings, "python -m services.learner", "The asympo learner.", argv)

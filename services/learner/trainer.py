@@ -1,0 +1,185 @@
+"""One optimizer step on this rank's share of the global batch, with the loss normalized globally.
+
+Every rank computes current-policy log-probs for its groups' responses (micro-batched, rows sorted by
+length so micro-batches pad little) and the job's `policy_loss` with the *global* response count (and
+GPG's global token count), so that summing the ranks' gradients gives exactly the gradient of the loss
+over the whole batch. FSDP2 averages gradients across ranks, so each rank back-propagates its loss
+times the world size (FSDP's divide factor would do the same but needs PREMUL_SUM, which gloo lacks).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from asympo.algo import group_advantages, policy_loss, token_logprobs
+from asympo.models.logprobs import pack_responses
+from asympo.proto.v1 import bus_pb2
+from asympo.spec import AlgorithmSpec
+
+from .distributed import World, all_min, all_sum
+
+
+def shard_model(model: torch.nn.Module, world: World) -> torch.nn.Module:
+    """Wrap every decoder layer and then the whole model with FSDP2 (bf16 compute on GPU, fp32 master weights)."""
+    mp = MixedPrecisionPolicy()
+    if world.device.type == "cuda":
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for module in model.modules():
+        if type(module).__name__.endswith("DecoderLayer"):
+            fully_shard(module, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+@dataclass
+class Row:
+    """One response to train on."""
+
+    prompt: list[int]
+    response: list[int]
+    advantage: float
+    behavior: list[float]
+
+
+def group_rows(
+    groups: list[bus_pb2.ScoredGroup], algo: AlgorithmSpec, world: World
+) -> tuple[list[Row], dict]:
+    """This rank's rows with their advantages (group-relative; GPG's κ uses global counts) and reward stats."""
+    local_n = sum(len(g.completions) for g in groups)
+    local_nonzero = sum(1 for g in groups for c in g.completions if c.reward != 0)
+    local_correct = sum(1 for g in groups for c in g.completions if c.reward == 1.0)
+    local_sum = sum(c.reward for g in groups for c in g.completions)
+    local_sq = sum(c.reward**2 for g in groups for c in g.completions)
+    n, nonzero, correct, r_sum, r_sq = all_sum(
+        [local_n, local_nonzero, local_correct, local_sum, local_sq], world
+    )
+    kappa = n / max(1.0, nonzero)
+    rows = []
+    for g in groups:
+        rewards = torch.tensor([[c.reward for c in g.completions]], dtype=torch.float32)
+        if algo.loss == "gpg":
+            # GPG: κ·(r − mean), κ over the global batch, no std division (asympo.algo.gpg_advantages).
+            A = kappa * (rewards - rewards.mean())
+        else:
+            A = group_advantages(rewards, norm=algo.adv_norm)
+        for c, a in zip(g.completions, A[0].tolist()):
+            rows.append(Row(list(g.prompt_token_ids), list(c.token_ids), a, list(c.behavior_logprobs)))
+    mean = r_sum / max(1.0, n)
+    stats = {
+        "responses": n,
+        "reward_mean": mean,
+        "reward_std": math.sqrt(max(0.0, r_sq / max(1.0, n) - mean**2)),
+        "accuracy": correct / max(1.0, n),
+    }
+    return rows, stats
+
+
+class Trainer:
+    """The optimizer step of the learner (one per rank)."""
+
+    def __init__(
+        self, model, optimizer, world: World, algo: AlgorithmSpec, pad_id: int, micro_batch_rows: int = 64
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.world = world
+        self.algo = algo
+        self.pad_id = pad_id
+        self.micro_batch_rows = micro_batch_rows
+
+    def step(self, groups: list[bus_pb2.ScoredGroup]) -> dict[str, float]:
+        """Train on this rank's groups; every rank must call it together. Returns global statistics."""
+        t0 = time.perf_counter()
+        algo, world = self.algo, self.world
+        if algo.loss == "grpo" and any(not c.behavior_logprobs for g in groups for c in g.completions):
+            raise ValueError(
+                "loss 'grpo' needs behavior_logprobs in every completion; the rollout pods sent none"
+            )
+        rows, stats = group_rows(groups, algo, world)
+        rows.sort(key=lambda r: len(r.prompt) + len(r.response))
+        local_tokens = sum(len(r.response) for r in rows)
+        (global_tokens,) = all_sum([local_tokens], world)
+        chunks = [rows[i : i + self.micro_batch_rows] for i in range(0, len(rows), self.micro_batch_rows)]
+        # FSDP's forward and backward are collective: every rank runs as many micro-batches as the busiest.
+        n_micro = int(-all_min(-len(chunks), world))
+        options = {**algo.options.for_loss(), "num_responses": max(1.0, stats["responses"])}
+        if algo.loss == "gpg":
+            options["num_tokens"] = max(1.0, global_tokens)
+        sums = dict.fromkeys(("loss", "AS", "pos_mass", "neg_mass", "S_pos", "S_neg", "n_pos", "n_neg"), 0.0)
+        clip_hits = dict.fromkeys(("clip_high_frac", "clip_low_frac", "clip_frac"), 0.0)
+        self.model.train()
+        for i in range(n_micro):
+            if i < len(chunks):
+                self._micro_step(chunks[i], options, sums, clip_hits)
+            else:
+                self._idle_micro_step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), algo.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        merged = {**sums, **clip_hits}
+        totals = dict(zip(merged, all_sum(list(merged.values()), world)))
+        n = max(1.0, stats["responses"])
+        stats.update(
+            {
+                "loss": totals["loss"],
+                "delta": totals["AS"] / n,
+                "R": totals["neg_mass"] / totals["pos_mass"] if totals["pos_mass"] > 0 else math.nan,
+                "S_pos": totals["S_pos"] / totals["n_pos"] if totals["n_pos"] else math.nan,
+                "S_neg": totals["S_neg"] / totals["n_neg"] if totals["n_neg"] else math.nan,
+                "tokens": global_tokens,
+                "grad_norm": float(grad_norm),
+                "train_seconds": time.perf_counter() - t0,
+            }
+        )
+        for k in clip_hits:
+            if totals[k]:
+                stats[k] = totals[k] / max(1.0, global_tokens)
+        return stats
+
+    def _micro_step(self, chunk: list[Row], options: dict, sums: dict, clip_hits: dict) -> None:
+        device = self.world.device
+        input_ids, attention, mask = (
+            t.to(device)
+            for t in pack_responses([r.prompt for r in chunk], [r.response for r in chunk], self.pad_id)
+        )
+        A = torch.tensor([r.advantage for r in chunk], device=device)
+        kw = dict(options)
+        if self.algo.loss == "grpo":
+            behavior = torch.zeros_like(mask)
+            for j, r in enumerate(chunk):
+                start = len(r.prompt) - 1
+                behavior[j, start : start + len(r.behavior)] = torch.tensor(r.behavior, device=device)
+            kw["behavior_logprobs"] = behavior
+        logits = self.model(input_ids=input_ids, attention_mask=attention).logits
+        logprobs = token_logprobs(logits[:, :-1], input_ids[:, 1:])
+        loss, s = policy_loss(self.algo.loss, logprobs, mask, A, **kw)
+        (loss * self.world.size).backward()
+        # The balance gauges over the global batch are sums of per-row terms; rebuild them from S and A.
+        with torch.no_grad():
+            valid = mask.bool()
+            S = -torch.where(valid, logprobs.float(), 0.0).sum(1) / valid.sum(1).clamp_min(1)
+            pos, neg = A > 0, A < 0
+            sums["loss"] += float(loss.detach())
+            sums["AS"] += float((A * S).sum())
+            sums["pos_mass"] += float((A[pos] * S[pos]).sum())
+            sums["neg_mass"] += float((-A[neg] * S[neg]).sum())
+            sums["S_pos"] += float(S[pos].sum())
+            sums["S_neg"] += float(S[neg].sum())
+            sums["n_pos"] += float(pos.sum())
+            sums["n_neg"] += float(neg.sum())
+        tokens = s.get("tokens", 0.0)
+        for k in clip_hits:
+            if k in s:
+                clip_hits[k] += s[k] * tokens  # back to counts; divided by the global tokens at the end
+
+    def _idle_micro_step(self) -> None:
+        # A rank with fewer micro-batches still joins FSDP's all-gathers and reduce-scatters; zero loss.
+        x = torch.full((1, 2), self.pad_id, device=self.world.device)
+        (self.model(input_ids=x).logits.sum() * 0.0).backward()
