@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from asympo.bus import (
     GROUP_LEARNER,
@@ -40,7 +41,7 @@ from asympo.bus import (
 from asympo.bus.codec import EntryError, decode
 from asympo.models.loading import load_policy, resolve_model_path
 from asympo.proto.v1 import bus_pb2
-from asympo.records import JobRecord, get_job, put_job
+from asympo.records import FINAL_STATES, JobRecord, get_job, put_job
 from asympo.weights import write_version
 
 from . import distributed as D
@@ -53,6 +54,13 @@ from .trainer import Trainer, shard_model
 log = logging.getLogger(__name__)
 
 STEPS_MAXLEN = 100_000
+# Knobs a running job accepts (ControlEvent kind "set"), by short name.
+LIVE_KNOBS = {
+    "max_staleness": "algorithm.max_staleness",
+    "temperature": "sampling.temperature",
+    "top_p": "sampling.top_p",
+    "max_new_tokens": "sampling.max_new_tokens",
+}
 
 
 def _rank_of(consumer: str) -> int | None:
@@ -98,6 +106,8 @@ class JobRun:
         self.ckpt_dir = Path(settings.checkpoint_dir) / job.job_id
         self._background: list[asyncio.Task] = []
         self._control_id = "0-0"
+        self._replayed = False
+        self.dispatcher: Dispatcher | None = None
 
     # ---- setup -----------------------------------------------------------------------------------
 
@@ -234,44 +244,66 @@ class JobRun:
         return Decision("train", self.max_staleness)
 
     async def _apply_control_events(self) -> None:
-        reply = await self.redis.xread({self.keys.control: self._control_id}, count=100)
-        for _, entries in reply or []:
-            for entry_id, fields in entries:
-                self._control_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                try:
-                    event = decode(fields, bus_pb2.ControlEvent, self.job.job_id)
-                except EntryError:
-                    continue
-                job = await get_job(self.redis, self.job.job_id)
-                if job is None:
-                    continue
-                if event.kind == "pause" and job.state == "running":
-                    await self._set_state("paused")
-                elif event.kind == "resume" and job.state == "paused":
-                    await self._set_state("running")
-                elif event.kind == "cancel" and job.state not in ("succeeded", "failed", "cancelled"):
-                    await self._set_state("cancelled")
-                elif event.kind == "set":
-                    self._apply_knob(event.key, event.value)
+        # On the first call the whole stream is read: earlier knob settings are re-applied (a restarted
+        # learner keeps them), earlier pause/resume/cancel are not (the job record holds their outcome).
+        replaying, self._replayed = not self._replayed, True
+        while reply := await self.redis.xread({self.keys.control: self._control_id}, count=100):
+            for _, entries in reply:
+                for entry_id, fields in entries:
+                    self._control_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    try:
+                        event = decode(fields, bus_pb2.ControlEvent, self.job.job_id)
+                    except EntryError as exc:
+                        log.warning("unreadable control event skipped", extra={"reason": exc.reason})
+                        continue
+                    await self._apply_event(event, replaying)
+            if not replaying:
+                return
 
-    def _apply_knob(self, key: str, value: str) -> None:
+    async def _apply_event(self, event: bus_pb2.ControlEvent, replaying: bool) -> None:
+        if event.kind == "set":
+            await self._apply_knob(event.key, event.value, persist=not replaying)
+            return
+        job = await get_job(self.redis, self.job.job_id)
+        if replaying or job is None:
+            return
+        if event.kind == "pause" and job.state == "running":
+            await self._set_state("paused")
+        elif event.kind == "resume" and job.state == "paused":
+            await self._set_state("running")
+        elif event.kind == "cancel" and job.state not in FINAL_STATES:
+            await self._set_state("cancelled")
+        elif event.kind not in ("pause", "resume", "cancel"):
+            log.warning("unknown control event kind ignored", extra={"kind": event.kind})
+
+    async def _apply_knob(self, key: str, value: str, persist: bool) -> None:
+        """Set a live knob (validated like the job spec) and, unless replaying, record it in the job's spec."""
+        dotted = key if "." in key else LIVE_KNOBS.get(key, key)
+        if dotted not in LIVE_KNOBS.values():
+            log.warning(
+                "control event ignored: not a live knob", extra={"key": key, "live": sorted(LIVE_KNOBS)}
+            )
+            return
+        section_name, name = dotted.split(".")
+        section = getattr(self.spec, section_name)
         try:
-            if key in ("max_staleness", "algorithm.max_staleness"):
-                k = int(value)
-                if k < 0:
-                    raise ValueError("must be >= 0")
-                self.max_staleness = k
-                self.dispatcher.max_staleness = k
-            elif key in ("temperature", "sampling.temperature"):
-                t = float(value)
-                if not 0 < t <= 10:
-                    raise ValueError("must be in (0, 10]")
-                self.spec.sampling.temperature = t
-            else:
-                raise ValueError("not a live knob (max_staleness, temperature)")
-            log.info("knob set", extra={"key": key, "value": value})
-        except ValueError as exc:
-            log.warning("control event ignored", extra={"key": key, "value": value, "cause": str(exc)})
+            updated = type(section).model_validate({**section.model_dump(), name: value})
+        except ValidationError as exc:
+            log.warning(
+                "control event ignored", extra={"key": key, "value": value, "cause": exc.errors()[0]["msg"]}
+            )
+            return
+        setattr(self.spec, section_name, updated)
+        self.max_staleness = self.spec.algorithm.max_staleness
+        if self.dispatcher is not None:
+            self.dispatcher.spec = self.spec
+            self.dispatcher.max_staleness = self.max_staleness
+        log.info("knob set", extra={"key": dotted, "value": value})
+        if persist:
+            job = await get_job(self.redis, self.job.job_id)
+            if job is not None:
+                setattr(job.spec, section_name, updated)
+                await put_job(self.redis, job)
 
     async def _set_state(self, state: str, message: str = "") -> None:
         job = await get_job(self.redis, self.job.job_id) or self.job

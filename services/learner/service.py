@@ -107,7 +107,11 @@ class LearnerService:
             if self.stopping.is_set():
                 self.current.stopping.set()
             try:
-                outcome = await self.current.run()
+                outcome = await self._run_with_grace(self.current)
+                if outcome is None:
+                    log.error("the step in progress did not finish within grace_s; exiting without a checkpoint",
+                              extra={"grace_s": s.grace_s, "job": job_id})  # fmt: skip
+                    return 1  # the next learner resumes from the previous LATEST
             except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
                 log.error(
                     "lost Redis; exiting so the job resumes on restart",
@@ -123,6 +127,26 @@ class LearnerService:
                 await self._mark(redis, job_id, "succeeded", "")
             if outcome == "running" or s.exit_when_idle or s.job_id:
                 return 0  # shutdown (the job resumes in the next learner), or a one-job run
+
+    async def _run_with_grace(self, run: JobRun) -> str | None:
+        """The run's outcome; None if, after SIGTERM, it did not stop within grace_s."""
+        task = asyncio.ensure_future(run.run())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                log.info(
+                    "signal received: finishing the step and checkpointing",
+                    extra={"grace_s": self.settings.grace_s},
+                )
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), self.settings.grace_s)
+                except asyncio.TimeoutError:
+                    task.cancel()
+                    return None
+            return task.result()
+        finally:
+            stop.cancel()
 
     async def _choose(self, world: D.World, redis) -> tuple[str, str | None]:
         """Rank 0: ('job', id) to run, ('wait', None) for nothing yet, ('stop', None) to exit."""
