@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
+import yaml
 
 from asympo.bus import (
     GROUP_LEARNER,
@@ -42,6 +42,7 @@ from asympo.bus.codec import EntryError, decode
 from asympo.models.loading import load_policy, resolve_model_path
 from asympo.proto.v1 import bus_pb2
 from asympo.records import FINAL_STATES, JobRecord, get_job, put_job
+from asympo.spec import SpecError, live_knob
 from asympo.weights import write_version
 
 from . import distributed as D
@@ -54,13 +55,6 @@ from .trainer import Trainer, shard_model
 log = logging.getLogger(__name__)
 
 STEPS_MAXLEN = 100_000
-# Knobs a running job accepts (ControlEvent kind "set"), by short name.
-LIVE_KNOBS = {
-    "max_staleness": "algorithm.max_staleness",
-    "temperature": "sampling.temperature",
-    "top_p": "sampling.top_p",
-    "max_new_tokens": "sampling.max_new_tokens",
-}
 
 
 def _rank_of(consumer: str) -> int | None:
@@ -103,6 +97,7 @@ class JobRun:
         self.stopping = asyncio.Event()  # set on SIGTERM: checkpoint and leave the job running for a restart
         self.buffer: list[Delivery] = []
         self.staleness_counts: dict[int, int] = {}
+        self.read_tokens = 0
         self.ckpt_dir = Path(settings.checkpoint_dir) / job.job_id
         self._background: list[asyncio.Task] = []
         self._control_id = "0-0"
@@ -278,31 +273,22 @@ class JobRun:
 
     async def _apply_knob(self, key: str, value: str, persist: bool) -> None:
         """Set a live knob (validated like the job spec) and, unless replaying, record it in the job's spec."""
-        dotted = key if "." in key else LIVE_KNOBS.get(key, key)
-        if dotted not in LIVE_KNOBS.values():
-            log.warning(
-                "control event ignored: not a live knob", extra={"key": key, "live": sorted(LIVE_KNOBS)}
-            )
-            return
-        section_name, name = dotted.split(".")
-        section = getattr(self.spec, section_name)
         try:
-            updated = type(section).model_validate({**section.model_dump(), name: value})
-        except ValidationError as exc:
-            log.warning(
-                "control event ignored", extra={"key": key, "value": value, "cause": exc.errors()[0]["msg"]}
-            )
+            dotted = live_knob(key)
+            updated = self.spec.with_overrides({dotted: yaml.safe_load(value)})
+        except (SpecError, yaml.YAMLError) as exc:
+            log.warning("control event ignored", extra={"key": key, "value": value, "cause": str(exc)})
             return
-        setattr(self.spec, section_name, updated)
+        section = dotted.split(".")[0]
+        setattr(self.spec, section, getattr(updated, section))
         self.max_staleness = self.spec.algorithm.max_staleness
         if self.dispatcher is not None:
-            self.dispatcher.spec = self.spec
             self.dispatcher.max_staleness = self.max_staleness
         log.info("knob set", extra={"key": dotted, "value": value})
         if persist:
             job = await get_job(self.redis, self.job.job_id)
             if job is not None:
-                setattr(job.spec, section_name, updated)
+                setattr(job.spec, section, getattr(updated, section))
                 await put_job(self.redis, job)
 
     async def _set_state(self, state: str, message: str = "") -> None:
@@ -335,6 +321,8 @@ class JobRun:
     async def _admit(self, deliveries: list[Delivery]) -> None:
         """Sort fresh deliveries into the buffer, dropping duplicates, stale and (optionally) flat groups."""
         drop, dup = [], []
+        # Generated work that reached the learner, used or not (for throughput: tokens generated per second).
+        self.read_tokens += sum(len(c.token_ids) for d in deliveries for c in d.message.completions)
         claims = await self.seen.claim([d.message.prompt_id for d in deliveries]) if deliveries else []
         for d, first in zip(deliveries, claims):
             g = d.message
@@ -397,7 +385,10 @@ class JobRun:
             publish_s = await self._publish()
         # Commit after publishing, so the dispatcher's freed room is filled at the new version.
         await self.consumer.ack_consumed([d.entry_id for d in batch])
-        trained = await asyncio.to_thread(D.gather, ([g.prompt_id for g in groups], staleness), w)
+        trained = await asyncio.to_thread(
+            D.gather, ([g.prompt_id for g in groups], staleness, self.read_tokens), w
+        )
+        self.read_tokens = 0
         ckpt_every = self.spec.checkpoint.every
         if ckpt_every and self.progress.step % ckpt_every == 0:
             await self._checkpoint()
@@ -446,8 +437,9 @@ class JobRun:
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
 
     async def _record(self, stats: dict, trained: list, seconds: float, publish_s: float | None) -> None:
-        prompt_ids = [pid for ids, _ in trained for pid in ids]
-        staleness = [s for _, st in trained for s in st]
+        prompt_ids = [pid for ids, _, _ in trained for pid in ids]
+        staleness = [s for _, st, _ in trained for s in st]
+        generated = sum(n for _, _, n in trained)
         for s in staleness:
             self.staleness_counts[s] = self.staleness_counts.get(s, 0) + 1
             self.metrics.staleness.observe(s)
@@ -465,6 +457,7 @@ class JobRun:
             "step": self.progress.step, "version": self.progress.version, "time": time.time(),
             "seconds": seconds, "publish_seconds": publish_s, "prompt_ids": prompt_ids, "staleness": staleness,
             "tokens_per_s": stats["tokens"] / max(seconds, 1e-9), "dropped": dict(self.progress.dropped),
+            "generated_tokens": generated,
             "max_staleness": self.max_staleness, **stats,
         }  # fmt: skip
         if self.spec.eval.every and self.progress.step % self.spec.eval.every == 0:

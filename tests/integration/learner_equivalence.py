@@ -47,7 +47,9 @@ def main(out: str) -> None:
         model = shard_model(build_model(TinyModelSpec(), tok), world)
         if "initial" not in results:
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            results["initial"] = get_model_state_dict(model, options=options)
+            # Cloned: on one rank the "full" state dict may alias the live parameters.
+            initial = get_model_state_dict(model, options=options)
+            results["initial"] = {k: v.detach().clone() for k, v in initial.items()}
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         # Small micro-batches so both world sizes use several, in different groupings.
         trainer = Trainer(model, opt, world, AlgorithmSpec(loss=loss), tok.pad_token_id, micro_batch_rows=5)

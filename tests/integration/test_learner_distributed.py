@@ -42,4 +42,4 @@ def test_two_ranks_match_one(runs, loss):
         w2 = two["state"][name]
         assert (w1 - w2).abs().max().item() <= WEIGHT_TOL, name
         moved = max(moved, (w1 - runs[0]["initial"][name]).abs().max().item())
-    assert moved > 100 * WEIGHT_TOL  # the two steps changed the weights far beyond the tolerance
+    assert moved > 20 * WEIGHT_TOL  # two Adam steps at lr 1e-3 move weights far beyond the tolerance
