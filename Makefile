@@ -12,7 +12,7 @@ EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup test demo proto lint format clean
+.PHONY: setup test demo reference proto lint format clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,13 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The whole stack on this machine: up -> submit examples/jobs/arith-tiny.yaml over REST -> live
+# progress -> report under .asympo/reports/<job>/ -> down.
 demo: $(STAMP)
+	$(VENV)/bin/asympo demo
+
+# The single-process reference loop on the same job (the ground truth the demo is compared with).
+reference: $(STAMP)
 	$(PY) -m asympo.reference examples/jobs/arith-tiny.yaml --out $(DEMO_OUT)
 
 proto: $(STAMP)
@@ -44,4 +50,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .asympo .pytest_cache .ruff_cache

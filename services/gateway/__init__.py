@@ -1,0 +1,1 @@
+"""The REST gateway: jobs, control, metrics and pods over HTTP, backed by Redis."""

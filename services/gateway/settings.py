@@ -1,0 +1,52 @@
+"""GatewaySettings: the gateway's configuration, from ASYMPO_GATEWAY_* variables and flags."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from asympo.service_settings import load_settings as load_service_settings
+
+
+class GatewaySettings(BaseSettings):
+    """Everything `python -m services.gateway` can be told; flags override environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="ASYMPO_GATEWAY_", extra="forbid", validate_default=True)
+
+    redis_url: str | None = Field(None, description="Redis URL (default $ASYMPO_REDIS_URL)")
+    api_token: str | None = Field(
+        None, description="bearer token clients must send (default $ASYMPO_API_TOKEN)"
+    )
+    host: str = Field("127.0.0.1", description="listen address (0.0.0.0 in a container)")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one (logged)")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted")
+    metrics_limit: int = Field(10_000, ge=1, description="most step records one /metrics call returns")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    @field_validator("api_token")
+    @classmethod
+    def _token(cls, value: str | None) -> str:
+        value = value or os.environ.get("ASYMPO_API_TOKEN")
+        if not value:
+            raise ValueError(
+                "no API token: set ASYMPO_API_TOKEN (or --api-token); the gateway never runs open"
+            )
+        if len(value) < 16:
+            raise ValueError("the API token must be at least 16 characters")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()
+
+
+def load_settings(argv: list[str] | None = None) -> GatewaySettings:
+    """Settings from the environment, overridden by the flags in `argv`; SettingsError names bad fields."""
+    return load_service_settings(
+        GatewaySettings, "python -m services.gateway", "The asympo REST gateway.", argv
+    )

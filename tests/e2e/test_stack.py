@@ -1,0 +1,140 @@
+"""The whole local stack as `asympo up` starts it: real Redis, reward service, two vLLM rollout pods,
+the learner and the gateway as processes on loopback; jobs over REST only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asympo.bus.local_redis import free_port
+from asympo.client import GatewayClient
+from asympo.local import LocalStack, StackConfig, _members
+
+REPO = Path(__file__).resolve().parents[2]
+JOB = REPO / "examples" / "jobs" / "arith-tiny.yaml"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+
+def asympo(
+    home: Path, *args: str, timeout: float = 900, cache: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real `asympo` command (as a user would) with this stack's home."""
+    env = {
+        **os.environ,
+        "ASYMPO_HOME": str(home),
+        **({"ASYMPO_LEARNER_MODEL_CACHE": str(cache)} if cache else {}),
+    }
+    env.pop("ASYMPO_API_TOKEN", None)
+    env.pop("ASYMPO_REDIS_URL", None)  # the stack starts its own Redis
+    return subprocess.run([sys.executable, "-m", "asympo.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_cache, tiny_model_path):
+    home = tmp_path_factory.mktemp("stack") / ".asympo"
+    port = free_port()
+    # The services inherit the session's model cache: the learner finds the tiny model built.
+    up = asympo(home, "up", "--gateway-port", str(port), "--rollout-pods", "2", "--rollout-flag=--claim-idle-s=5",
+                cache=tiny_cache)  # fmt: skip
+    assert up.returncode == 0, up.stdout + up.stderr
+    s = LocalStack(StackConfig(home=home))
+    client = GatewayClient(s.gateway_url(), (home / "api-token").read_text().strip())
+    yield s, client, home
+    client.close()
+    asympo(home, "down", timeout=300)
+
+
+def submit(client: GatewayClient, **overrides) -> str:
+    from asympo.spec import JobSpec
+
+    spec = JobSpec.load(JOB).with_overrides(overrides)
+    return client.submit(spec.to_yaml())["job_id"]
+
+
+def wait(client: GatewayClient, job_id: str, predicate, timeout_s: float = 900) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        if predicate(job):
+            return job
+        assert job["state"] not in ("failed",), job["message"]
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting on {job_id}: {client.job(job_id)}")
+
+
+def test_up_is_healthy_and_idempotent(stack):
+    s, client, home = stack
+    status = s.status()["processes"]
+    assert {"redis", "reward", "rollout", "rollout-1", "learner", "gateway"} <= set(status)
+    assert all(p["running"] for p in status.values()), status
+    assert client.healthy()
+    before = {n: p["pid"] for n, p in status.items()}
+    os.killpg(before["reward"], signal.SIGKILL)  # a crashed service ...
+    time.sleep(1.0)
+    again = asympo(home, "up", "--gateway-port", str(s._ports()["gateway"]["port"]), "--rollout-pods", "2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = {n: p["pid"] for n, p in s.status()["processes"].items()}
+    assert after["reward"] != before["reward"]  # ... is restarted by `asympo up`
+    assert {n: p for n, p in after.items() if n != "reward"} == {
+        n: p for n, p in before.items() if n != "reward"
+    }
+    out = asympo(home, "status")
+    assert out.returncode == 0 and "redis://" in out.stdout and "gateway" in out.stdout
+
+
+def test_a_job_over_rest_learns_with_a_rollout_pod_killed(stack):
+    s, client, home = stack
+    job_id = submit(client, **{"algorithm.steps": 60, "algorithm.max_staleness": 2, "eval.every": 20})
+    wait(client, job_id, lambda j: j["step"] >= 8)
+    pods = client.pods(job_id)
+    assert len(pods) == 2 and all(p["served_version"] >= 1 for p in pods), pods
+    os.killpg(s.running_pid("rollout-1"), signal.SIGKILL)  # kill -9 a pod mid-job, engine core included
+    job = wait(client, job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"))
+    assert job["state"] == "succeeded", job["message"]
+    records = client.metrics(job_id, last=10_000)
+    ids = [p for r in records for p in r.get("prompt_ids") or []]
+    assert len(ids) == len(set(ids)) == 60 * 16
+    versions = [v["version"] for v in client.versions(job_id)]
+    assert versions == list(range(versions[0], 61))
+    from asympo.job_report import write_report
+
+    summary = write_report(job, records, client.versions(job_id), home / "reports" / job_id)
+    print(f"60 steps: held-out {summary['initial_accuracy']} -> {summary['final_accuracy']}, "
+          f"{summary['samples_per_s']:.1f} samples/s")  # fmt: skip
+    assert summary["final_accuracy"] - summary["initial_accuracy"] >= 0.10
+    assert (home / "reports" / job_id / "curves.png").stat().st_size > 10_000
+    assert max(int(k) for k in summary["staleness_histogram"]) <= 2
+
+
+def test_pause_resume_and_cancel_over_rest(stack):
+    s, client, home = stack
+    job_id = submit(client, **{"algorithm.steps": 1000, "eval.every": 1000})
+    wait(client, job_id, lambda j: j["state"] == "running" and j["step"] >= 3)
+    client.control(job_id, "pause")
+    paused = wait(client, job_id, lambda j: j["state"] == "paused", 60)
+    time.sleep(3)
+    assert client.job(job_id)["step"] <= paused["step"] + 1
+    client.control(job_id, "resume")
+    wait(client, job_id, lambda j: j["state"] == "running" and j["step"] >= paused["step"] + 3, 120)
+    client.control(job_id, "cancel")
+    job = wait(client, job_id, lambda j: j["state"] == "cancelled", 60)
+    assert job["step"] < 1000
+
+
+def test_down_leaves_no_process_of_the_stack(stack):
+    s, client, home = stack
+    groups = {n: p["pid"] for n, p in s.status()["processes"].items() if p["pid"]}
+    out = asympo(home, "down", timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert all(not _members(pgid) for pgid in groups.values()), {n: _members(g) for n, g in groups.items()}
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    assert str(home) not in ps, [line for line in ps.splitlines() if str(home) in line]
+    assert s.status()["processes"] == {}
