@@ -238,8 +238,12 @@ def watch_job(c: GatewayClient, job_id: str, poll_s: float = 1.0) -> dict:
     from tqdm import tqdm
 
     job = c.job(job_id)
-    bar = tqdm(total=job["spec"]["algorithm"]["steps"], desc=job_id, unit="step", dynamic_ncols=True)
-    accuracy = None
+    tty = sys.stderr.isatty()
+    # Without a terminal (CI, a log file) a line every 10 s instead of a redrawn bar.
+    bar = tqdm(
+        total=job["spec"]["algorithm"]["steps"], desc=job_id, unit="step", dynamic_ncols=True, disable=not tty
+    )
+    accuracy, last_line = None, 0.0
     try:
         while True:
             job = c.job(job_id)
@@ -250,13 +254,17 @@ def watch_job(c: GatewayClient, job_id: str, poll_s: float = 1.0) -> dict:
             served = sorted(
                 {p["served_version"] for p in c.pods(job_id) if p.get("served_version") is not None}
             )
-            bar.set_postfix_str(
+            line = (
                 f"{job['state']} v{job['version']} reward {last.get('reward_mean', 0) or 0:.2f} "
                 f"acc {accuracy if accuracy is not None else float('nan'):.3f} "
                 f"tok/s {last.get('tokens_per_s', 0) or 0:.0f} pods@v{served} "
                 f"stale≤{max(last.get('staleness') or [0])}"
             )
+            bar.set_postfix_str(line)
             bar.refresh()
+            if not tty and (time.monotonic() - last_line >= 10 or job["state"] in FINAL):
+                last_line = time.monotonic()
+                typer.echo(f"{job_id} step {job['step']}/{bar.total} {line}", err=True)
             if job["state"] in FINAL:
                 return job
             time.sleep(poll_s)

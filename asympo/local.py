@@ -174,17 +174,20 @@ class LocalStack:
     def _ensure(self, name: str, argv: list[str], env: dict, port: int = 0, extra: list[str] = ()) -> dict:
         """Start one service unless it runs; wait for its 'serving' log record; returns its ports."""
         pid = self.running_pid(name)
-        if pid:
-            record = self._ports().get(name)
-            if record:
-                return record
+        record = self._ports().get(name)
+        if pid and record:
+            return record
+        metrics_port = 0
+        if record and not port:
+            # A restart takes the ports it had: the services started after it were told them.
+            port, metrics_port = record.get("port") or 0, record.get("metrics_port") or 0
         log_path = self.config.logs / f"{name}.log"
         offset = log_path.stat().st_size if log_path.exists() else 0
         module, *flags = argv
         flags = [*flags, *self.config.extra_flags.get(name, []), *extra]
         ports = ["--host", "127.0.0.1", "--port", str(port)]
         if module != "services.gateway":
-            ports += ["--metrics-port", "0"]
+            ports += ["--metrics-port", str(metrics_port)]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", module, *ports, *flags], stdout=log, stderr=subprocess.STDOUT,

@@ -185,7 +185,8 @@ class RolloutPod:
         s = self.settings
         t0 = time.perf_counter()
         local = await asyncio.to_thread(materialize, pv, s.weights_dir, s.learner_target)
-        vllm_options = {"max_model_len": s.max_model_len, "gpu_memory_utilization": s.gpu_memory_utilization}
+        vllm_options = {"max_model_len": s.max_model_len, "gpu_memory_utilization": s.gpu_memory_utilization,
+                        "kv_cache_gib": s.kv_cache_gib}  # fmt: skip
         async with self.engine_lock:
             self.engine = await asyncio.to_thread(
                 make_engine, s.engine, local.path, device=s.device, dtype=s.dtype,

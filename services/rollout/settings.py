@@ -34,6 +34,11 @@ class RolloutSettings(BaseSettings):
     dtype: str = Field("auto", description="engine dtype (auto, float32, bfloat16, float16)")
     max_model_len: int | None = Field(None, ge=16, description="vLLM context length (default: the model's)")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory share")
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="vLLM KV cache size in GiB (default: 1 on CPU, from gpu_memory_utilization on GPU)",
+    )
     host: str = Field("0.0.0.0", description="address of the gRPC server")
     port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged)")
     metrics_port: int = Field(9102, ge=-1, le=65535, description="Prometheus port; 0 = free one, -1 = off")

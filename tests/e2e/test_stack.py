@@ -92,24 +92,29 @@ def test_up_is_healthy_and_idempotent(stack):
 
 def test_a_job_over_rest_learns_with_a_rollout_pod_killed(stack):
     s, client, home = stack
-    job_id = submit(client, **{"algorithm.steps": 60, "algorithm.max_staleness": 2, "eval.every": 20})
-    wait(client, job_id, lambda j: j["step"] >= 8)
-    pods = client.pods(job_id)
-    assert len(pods) == 2 and all(p["served_version"] >= 1 for p in pods), pods
+    steps = 100
+    job_id = submit(client, **{"algorithm.steps": steps, "algorithm.max_staleness": 2, "eval.every": 25})
+
+    def both_pods_serving(job):
+        pods = client.pods(job_id)
+        return len(pods) == 2 and all(p["state"] == "serving" and p["served_version"] >= 1 for p in pods)
+
+    job = wait(client, job_id, lambda j: j["step"] >= 5 and both_pods_serving(j), 600)
+    assert job["step"] < steps - 20, "the job ran too far before both pods served"
     os.killpg(s.running_pid("rollout-1"), signal.SIGKILL)  # kill -9 a pod mid-job, engine core included
     job = wait(client, job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"))
     assert job["state"] == "succeeded", job["message"]
     records = client.metrics(job_id, last=10_000)
     ids = [p for r in records for p in r.get("prompt_ids") or []]
-    assert len(ids) == len(set(ids)) == 60 * 16
+    assert len(ids) == len(set(ids)) == steps * 16
     versions = [v["version"] for v in client.versions(job_id)]
-    assert versions == list(range(versions[0], 61))
+    assert versions == list(range(versions[0], steps + 1))
     from asympo.job_report import write_report
 
     summary = write_report(job, records, client.versions(job_id), home / "reports" / job_id)
-    print(f"60 steps: held-out {summary['initial_accuracy']} -> {summary['final_accuracy']}, "
+    print(f"{steps} steps: held-out {summary['initial_accuracy']} -> {summary['final_accuracy']}, "
           f"{summary['samples_per_s']:.1f} samples/s")  # fmt: skip
-    assert summary["final_accuracy"] - summary["initial_accuracy"] >= 0.10
+    assert summary["final_accuracy"] - summary["initial_accuracy"] >= 0.15
     assert (home / "reports" / job_id / "curves.png").stat().st_size > 10_000
     assert max(int(k) for k in summary["staleness_histogram"]) <= 2
 

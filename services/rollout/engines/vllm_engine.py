@@ -35,6 +35,7 @@ class VllmEngine:
         dtype: str = "auto",
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.85,
+        kv_cache_gib: float | None = None,
         seed: int = 0,
         enforce_eager: bool | None = None,
     ):
@@ -54,6 +55,10 @@ class VllmEngine:
             # vLLM's CPU backend turns "auto" into bfloat16 even for a float32 checkpoint; serve what was saved.
             dtype = checkpoint_dtype(model_dir) or "auto"
         self.dtype = dtype
+        if kv_cache_gib is None and not on_gpu:
+            # On CPU, vLLM otherwise reserves gpu_memory_utilization × all RAM (20 GiB of 23 here) for the
+            # KV cache: minutes to allocate, and a second pod or the learner then runs out of memory.
+            kv_cache_gib = 1.0
         try:
             self.llm = LLM(
                 model=str(model_dir),
@@ -61,6 +66,7 @@ class VllmEngine:
                 dtype=dtype,
                 max_model_len=max_model_len,
                 gpu_memory_utilization=gpu_memory_utilization,
+                kv_cache_memory_bytes=int(kv_cache_gib * 2**30) if kv_cache_gib else None,
                 seed=seed,
                 enforce_eager=enforce_eager,
                 enable_prefix_caching=True,

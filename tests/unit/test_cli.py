@@ -1,0 +1,45 @@
+"""The `asympo` command's own checks (no stack needed): help, bad specs, missing logs and tokens."""
+
+from typer.testing import CliRunner
+
+from asympo.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands():
+    out = runner.invoke(app, ["--help"])
+    assert out.exit_code == 0
+    for command in ("up", "down", "status", "submit", "jobs", "logs", "demo", "bench", "watch", "report"):
+        assert command in out.output
+
+
+def test_submit_refuses_an_invalid_spec_naming_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algorithm:\n  lr: -1\n  stepz: 3\n")
+    out = runner.invoke(app, ["--home", str(tmp_path), "submit", str(bad)])
+    assert out.exit_code == 2
+    assert "algorithm.lr" in out.output and "algorithm.stepz" in out.output
+
+
+def test_submit_without_a_token_says_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("ASYMPO_API_TOKEN", raising=False)
+    job = tmp_path / "job.yaml"
+    job.write_text("algorithm:\n  steps: 3\n")
+    out = runner.invoke(app, ["--home", str(tmp_path), "submit", str(job)])
+    assert out.exit_code == 1 and "asympo up" in out.output
+
+
+def test_logs_of_an_unknown_service(tmp_path):
+    out = runner.invoke(app, ["--home", str(tmp_path), "logs", "nope"])
+    assert out.exit_code == 1 and "no log" in out.output
+
+
+def test_unknown_benchmark(tmp_path):
+    out = runner.invoke(app, ["bench", "nope"])
+    assert out.exit_code == 2 and "learner" in out.output
+
+
+def test_status_of_a_stack_that_never_ran(tmp_path):
+    out = runner.invoke(app, ["--home", str(tmp_path), "status", "--json"])
+    assert out.exit_code == 0 and '"processes": {}' in out.output
