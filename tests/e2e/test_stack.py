@@ -92,15 +92,26 @@ def test_up_is_healthy_and_idempotent(stack):
 
 def test_a_job_over_rest_learns_with_a_rollout_pod_killed(stack):
     s, client, home = stack
-    steps = 100
-    job_id = submit(client, **{"algorithm.steps": steps, "algorithm.max_staleness": 2, "eval.every": 25})
+    steps = 120
+    job_id = submit(client, **{"algorithm.steps": steps, "algorithm.max_staleness": 2, "eval.every": 40})
+    # Hold the job while both vLLM engines start: on 2 cores a second engine starting beside a busy
+    # one takes minutes, and the job would be over before the pod to kill had served anything.
+    wait(client, job_id, lambda j: j["state"] == "running", 300)
+    client.control(job_id, "pause")
+    wait(client, job_id, lambda j: j["state"] == "paused", 120)
 
-    def both_pods_serving(job):
+    def engines_up(job):
         pods = client.pods(job_id)
-        return len(pods) == 2 and all(p["state"] == "serving" and p["served_version"] >= 1 for p in pods)
+        return len(pods) == 2 and all(p["served_version"] >= 0 and p["state"] != "loading" for p in pods)
 
-    job = wait(client, job_id, lambda j: j["step"] >= 5 and both_pods_serving(j), 600)
-    assert job["step"] < steps - 20, "the job ran too far before both pods served"
+    wait(client, job_id, engines_up, 600)
+    client.control(job_id, "resume")
+
+    def both_publish(job):
+        return len([p for p in client.pods(job_id) if p["groups_published"] > 0]) == 2
+
+    job = wait(client, job_id, lambda j: j["step"] >= 5 and both_publish(j), 300)
+    assert job["step"] < steps - 20
     os.killpg(s.running_pid("rollout-1"), signal.SIGKILL)  # kill -9 a pod mid-job, engine core included
     job = wait(client, job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"))
     assert job["state"] == "succeeded", job["message"]
@@ -114,7 +125,7 @@ def test_a_job_over_rest_learns_with_a_rollout_pod_killed(stack):
     summary = write_report(job, records, client.versions(job_id), home / "reports" / job_id)
     print(f"{steps} steps: held-out {summary['initial_accuracy']} -> {summary['final_accuracy']}, "
           f"{summary['samples_per_s']:.1f} samples/s")  # fmt: skip
-    assert summary["final_accuracy"] - summary["initial_accuracy"] >= 0.15
+    assert summary["final_accuracy"] - summary["initial_accuracy"] >= 0.2
     assert (home / "reports" / job_id / "curves.png").stat().st_size > 10_000
     assert max(int(k) for k in summary["staleness_histogram"]) <= 2
 
