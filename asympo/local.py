@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asympo.bus.connection import ENV_URL
-from asympo.bus.local_redis import start_redis
+from asympo.bus.local_redis import pid_alive, start_redis
 
 TOKEN_ENV = "ASYMPO_API_TOKEN"
 SERVICES = ("reward", "rollout", "learner", "gateway")
@@ -53,21 +53,6 @@ class StackConfig:
     def pids(self) -> Path:
         """Pid files of what `up` started."""
         return self.home / "pids"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (zombies count as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class LocalStack:

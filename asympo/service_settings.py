@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import argparse
-from typing import TypeVar
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
-from pydantic import ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import BaseSettings
+
+from asympo.telemetry import setup_logging
 
 S = TypeVar("S", bound=BaseSettings)
 
 
 class SettingsError(ValueError):
     """Settings that cannot be used; the message names each bad field and where it came from."""
+
+
+class ServiceStartError(RuntimeError):
+    """A service cannot start for a reason its message explains (bad plugin, unusable configuration)."""
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value.upper()
+
+
+# The log_level field every service has.
+LogLevel = Annotated[str, AfterValidator(_log_level), Field(description="DEBUG, INFO, WARNING, ERROR")]
 
 
 def _flag_type(annotation):
@@ -57,3 +77,41 @@ def load_settings(cls: type[S], prog: str, description: str, argv: list[str] | N
             source = "--" + field.replace("_", "-") if field in flags else f"{prefix}{field.upper()}"
             lines.append(f"  {field} ({source}): {err['msg']}")
         raise SettingsError(f"invalid {prog} settings:\n" + "\n".join(lines)) from None
+
+
+def _exit_quietly(signum, frame):
+    raise SystemExit(0)
+
+
+def run_service(
+    service: str,
+    load: Callable[[list[str] | None], BaseSettings],
+    serve: Callable[[BaseSettings], Awaitable[int]],
+    argv: list[str] | None = None,
+) -> int:
+    """A service's `main`: settings (exit 2 when invalid), JSON logging, then `serve` until it returns.
+
+    `serve` imports the heavy parts itself, after logging is set up. A ServiceStartError is a start-up
+    problem the service explains (logged, exit 2); OSError (a port in use) and anything else exit 1.
+    """
+    try:
+        settings = load(argv)
+    except SettingsError as e:
+        print(e, file=sys.stderr)
+        return 2
+    log = setup_logging(service, settings.log_level)
+    # Until the event loop takes the signals over, a SIGTERM/SIGINT (e.g. during slow imports) means
+    # "never mind": exit 0 as after any other stop, not by the default disposition.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_quietly)
+    try:
+        return asyncio.run(serve(settings))
+    except ServiceStartError as e:
+        log.error(str(e))
+        return 2
+    except OSError as e:
+        log.error(f"cannot start the {service.split('-')[0]} service: {e}")
+        return 1
+    except Exception:
+        log.exception(f"the {service.split('-')[0]} service failed")
+        return 1

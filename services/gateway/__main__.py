@@ -6,8 +6,7 @@ import asyncio
 import logging
 import sys
 
-from asympo.service_settings import SettingsError
-from asympo.telemetry import setup_logging
+from asympo.service_settings import run_service
 
 from .settings import load_settings
 
@@ -39,17 +38,7 @@ async def serve(settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse settings, set up logging, serve; returns the process exit code."""
-    try:
-        settings = load_settings(argv)
-    except SettingsError as e:
-        print(e, file=sys.stderr)
-        return 2
-    log = setup_logging("gateway", settings.log_level)
-    try:
-        return asyncio.run(serve(settings))
-    except OSError as e:
-        log.error(f"cannot start the gateway: {e}")
-        return 1
+    return run_service("gateway", load_settings, serve, argv)
 
 
 if __name__ == "__main__":

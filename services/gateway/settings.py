@@ -7,6 +7,7 @@ import os
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from asympo.service_settings import LogLevel
 from asympo.service_settings import load_settings as load_service_settings
 
 
@@ -23,7 +24,7 @@ class GatewaySettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one (logged)")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted")
     metrics_limit: int = Field(10_000, ge=1, description="most step records one /metrics call returns")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    log_level: LogLevel = "INFO"
 
     @field_validator("api_token")
     @classmethod
@@ -36,13 +37,6 @@ class GatewaySettings(BaseSettings):
         if len(value) < 16:
             raise ValueError("the API token must be at least 16 characters")
         return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        return value.upper()
 
 
 def load_settings(argv: list[str] | None = None) -> GatewaySettings:

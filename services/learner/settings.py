@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from asympo.service_settings import LogLevel
 from asympo.service_settings import load_settings as load_service_settings
 
 
@@ -36,14 +37,7 @@ class LearnerSettings(BaseSettings):
     poll_s: float = Field(0.5, gt=0, description="how often to look for jobs, control events, capacity")
     exit_when_idle: bool = Field(False, description="exit after one job instead of waiting for the next")
     grace_s: float = Field(60.0, ge=0, description="on SIGTERM, time to finish the step and checkpoint")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        return value.upper()
+    log_level: LogLevel = "INFO"
 
 
 def load_settings(argv: list[str] | None = None) -> LearnerSettings:

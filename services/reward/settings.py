@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from asympo.service_settings import SettingsError  # noqa: F401  (re-exported for __main__)
+from asympo.service_settings import LogLevel
 from asympo.service_settings import load_settings as load_service_settings
 
 
@@ -42,7 +42,7 @@ class RewardSettings(BaseSettings):
         default_factory=list, description="modules (comma-separated) that register more verifiers"
     )
     grace_s: float = Field(10.0, ge=0, description="on SIGTERM, time in-flight requests get to finish")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    log_level: LogLevel = "INFO"
 
     @field_validator("plugins", mode="before")
     @classmethod
@@ -50,13 +50,6 @@ class RewardSettings(BaseSettings):
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        return value.upper()
 
     @model_validator(mode="after")
     def _deadlines(self) -> RewardSettings:

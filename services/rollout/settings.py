@@ -7,9 +7,10 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from asympo.service_settings import LogLevel
 from asympo.service_settings import load_settings as load_service_settings
 
 
@@ -56,14 +57,7 @@ class RolloutSettings(BaseSettings):
     poll_s: float = Field(1.0, gt=0, description="how often to look for a job, versions and control events")
     heartbeat_s: float = Field(5.0, gt=0, description="how often PodStatus is refreshed")
     grace_s: float = Field(30.0, ge=0, description="on SIGTERM, time the batch in flight gets to finish")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        return value.upper()
+    log_level: LogLevel = "INFO"
 
 
 def load_settings(argv: list[str] | None = None) -> RolloutSettings:
