@@ -59,6 +59,8 @@ class LocalStack:
     """Start, inspect and stop the stack under `config.home`."""
 
     def __init__(self, config: StackConfig, say: Callable[[str], None] = print):
+        # Absolute, so the services (and Redis, which changes directory) agree on every path under it.
+        config.home = Path(config.home).resolve()
         self.config = config
         self.say = say
 

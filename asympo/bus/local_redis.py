@@ -125,7 +125,8 @@ def _start_container(password: str | None) -> LocalRedis:
 def _start_binary(
     binary: str, source: str, data_dir: Path | None, password: str | None, port: int | None, appendonly: bool
 ) -> LocalRedis:
-    data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="asympo-redis-"))
+    # Absolute: Redis chdirs into --dir before writing --pidfile, so a relative pidfile would land elsewhere.
+    data_dir = Path(data_dir).resolve() if data_dir else Path(tempfile.mkdtemp(prefix="asympo-redis-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     last_error = ""
     # A free port can be taken between probing and binding; try a few.
@@ -153,6 +154,7 @@ def _start_binary(
             )
         log_tail = logfile.read_text()[-800:] if logfile.exists() else ""
         last_error = (proc.stderr or "") + log_tail
+        _shutdown(chosen, password)  # a server that did start but was not confirmed must not linger
     raise RedisUnavailable(f"{binary} did not start: {last_error.strip() or 'no output'}")
 
 
@@ -177,6 +179,15 @@ def _ping(port: int, password: str | None) -> bool:
     except OSError:
         return False
     return b"PONG" in reply
+
+
+def _shutdown(port: int, password: str | None) -> None:
+    auth = f"AUTH {password}\r\n".encode() if password else b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(auth + b"SHUTDOWN NOSAVE\r\n")
+    except OSError:
+        pass
 
 
 def pid_alive(pid: int) -> bool:

@@ -61,6 +61,19 @@ async def publish(
         return [_id(i) for i in await pipe.execute()]
 
 
+async def undelivered(redis: aioredis.Redis, stream: str, group: str, limit: int = 100_000) -> int:
+    """How many entries of the stream the group has not been handed yet (at most `limit`)."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:
+        return 0  # no stream yet
+    for g in groups:
+        if _id(g["name"]) == group:
+            last = _id(g["last-delivered-id"])
+            return len(await redis.xrange(stream, min=f"({last}", max="+", count=limit))
+    return await redis.xlen(stream)
+
+
 class StreamConsumer:
     """One consumer of one stream's consumer group, decoding entries into `message_type`."""
 

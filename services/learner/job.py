@@ -30,6 +30,7 @@ import yaml
 
 from asympo.bus import (
     GROUP_LEARNER,
+    GROUP_ROLLOUT,
     Delivery,
     JobKeys,
     SeenPrompts,
@@ -39,6 +40,7 @@ from asympo.bus import (
     read_flow,
 )
 from asympo.bus.codec import EntryError, decode
+from asympo.bus.streams import undelivered
 from asympo.models.loading import load_policy, resolve_model_path
 from asympo.proto.v1 import bus_pb2
 from asympo.records import FINAL_STATES, JobRecord, get_job, put_job
@@ -171,6 +173,7 @@ class JobRun:
         finally:
             for task in self._background:
                 task.cancel()
+            self.metrics.job_active.set(0)
 
     async def _resume_or_start(self) -> None:
         w = self.world
@@ -302,11 +305,16 @@ class JobRun:
         while True:
             try:
                 job = await get_job(self.redis, self.job.job_id)
-                if job is not None and job.state == "running":
+                running = job is not None and job.state == "running"
+                if running:
                     sent = await self.dispatcher.fill(self.progress.version)
                     self.metrics.dispatched.inc(sent)
+                self.metrics.job_active.set(1 if running else 0)
                 flow = await read_flow(self.redis, self.keys)
                 self.metrics.in_flight.set(flow.in_flight)
+                self.metrics.prompt_backlog.set(
+                    await undelivered(self.redis, self.keys.prompts, GROUP_ROLLOUT)
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -53,3 +53,6 @@ class LearnerMetrics:
         self.prompt_backlog = Gauge(
             "asympo_learner_prompt_backlog", "PromptTasks not yet picked up", registry=r
         )
+        self.job_active = Gauge(
+            "asympo_learner_job_active", "1 while a job is running (not paused), else 0", registry=r
+        )

