@@ -25,6 +25,8 @@ class LearnerMetrics:
         self.groups_dropped = Counter(
             "asympo_learner_groups_dropped", "groups not trained on", ["reason"], registry=r
         )
+        for reason in ("stale", "duplicate", "zero_variance"):
+            self.groups_dropped.labels(reason)  # exported as 0 from the start, so rate() has a baseline
         self.staleness = Histogram(
             "asympo_learner_group_staleness", "version_now − gen_version_start of trained groups",
             buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r,

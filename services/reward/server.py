@@ -130,6 +130,9 @@ class RewardService:
         """Load plugins, start the workers, then the exporter and the gRPC server (health SERVING)."""
         s = self.settings
         verifiers.load_plugins(s.plugins)
+        for name in verifiers.registered_names():
+            if ":" not in name:  # a plain name (patterns like format:<...> label by their resolved name)
+                self.metrics.timeouts.labels(name)  # exported as 0 from the start, so rate() has a baseline
         log.info("starting workers", extra={"workers": s.workers, "start_method": s.start_method})
         self.pool = WorkerPool(
             s.workers,

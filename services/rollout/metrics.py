@@ -42,4 +42,6 @@ class RolloutMetrics:
         self.reload_failures = Counter(
             "asympo_rollout_reload_failures", "reloads refused or failed", ["reason"], registry=r
         )
+        for reason in ("unreachable", "verify", "probe", "engine"):
+            self.reload_failures.labels(reason)  # exported as 0 from the start, so rate() has a baseline
         self.paused = Gauge("asympo_rollout_paused", "1 while the job is paused", registry=r)

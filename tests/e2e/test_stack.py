@@ -4,11 +4,14 @@ the learner and the gateway as processes on loopback; jobs over REST only.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -143,6 +146,78 @@ def test_pause_resume_and_cancel_over_rest(stack):
     client.control(job_id, "cancel")
     job = wait(client, job_id, lambda j: j["state"] == "cancelled", 60)
     assert job["step"] < 1000
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query in the Grafana dashboard, except external exporters'."""
+    board = json.loads((REPO / "deploy/grafana/dashboards/asympo.json").read_text())
+
+    def panels(items):
+        for p in items:
+            yield p
+            yield from panels(p.get("panels", []))
+
+    return [(p["title"], t["expr"]) for p in panels(board["panels"]) for t in p.get("targets", [])
+            if t.get("expr") and "DCGM_" not in t["expr"]]  # fmt: skip
+
+
+def test_prometheus_answers_every_dashboard_query(stack, tmp_path):
+    """Debian's prometheus scrapes the running stack; every dashboard query has data after a short job."""
+    s, client, home = stack
+    ports = s._ports()
+    running = s.status()["processes"]
+    jobs = {
+        "asympo-gateway": [ports["gateway"]["port"]],
+        "asympo-reward": [ports["reward"]["metrics_port"]],
+        "asympo-learner": [ports["learner"]["metrics_port"]],
+        "asympo-rollout": [p["metrics_port"] for n, p in ports.items() if n.startswith("rollout") and running[n]["running"]],
+    }  # fmt: skip
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ps]}]}
+            for job, ps in jobs.items()
+        ],  # fmt: skip
+    }
+    (tmp_path / "prometheus.yml").write_text(json.dumps(config))
+    port = free_port()
+    prom = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"),
+    )  # fmt: skip
+    api = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _get(f"{api}/-/ready"):
+            assert prom.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "prometheus.log"
+            ).read_text()
+            time.sleep(0.5)
+        job_id = submit(client, **{"algorithm.steps": 20, "eval.every": 10})
+        job = wait(client, job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"))
+        assert job["state"] == "succeeded", job["message"]
+        time.sleep(3)  # a few scrapes after the last step
+        empty = []
+        for title, expr in dashboard_queries():
+            query = expr.replace("$__rate_interval", "2m").replace("$pod", ".*")
+            answer = json.loads(_get(f"{api}/api/v1/query?" + urllib.parse.urlencode({"query": query})))
+            assert answer["status"] == "success", (title, expr, answer)
+            if not answer["data"]["result"]:
+                empty.append((title, expr))
+        assert not empty, empty
+        assert len(dashboard_queries()) >= 40
+    finally:
+        prom.terminate()
+        prom.wait(30)
+
+
+def _get(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.read()
+    except OSError:
+        return None
 
 
 def test_down_leaves_no_process_of_the_stack(stack):
