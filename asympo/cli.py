@@ -243,13 +243,15 @@ def watch_job(c: GatewayClient, job_id: str, poll_s: float = 1.0) -> dict:
     bar = tqdm(
         total=job["spec"]["algorithm"]["steps"], desc=job_id, unit="step", dynamic_ncols=True, disable=not tty
     )
-    accuracy, last_line = None, 0.0
+    accuracy, last_line, last = None, 0.0, {}
     try:
         while True:
             job = c.job(job_id)
-            last = job.get("last_step") or {}
-            if last.get("heldout_accuracy") is not None:
-                accuracy = last["heldout_accuracy"]
+            record = job.get("last_step") or {}
+            if record.get("heldout_accuracy") is not None:
+                accuracy = record["heldout_accuracy"]
+            if record.get("prompt_ids") is not None:
+                last = record  # a training step (not the step-0 evaluation or the final record)
             bar.n = job["step"]
             served = sorted(
                 {p["served_version"] for p in c.pods(job_id) if p.get("served_version") is not None}
