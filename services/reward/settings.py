@@ -36,7 +36,9 @@ class RewardSettings(BaseSettings):
     start_method: Literal["forkserver", "spawn"] = Field("forkserver", description="how workers are started")
     default_deadline_ms: int = Field(5000, ge=1, description="per-item deadline when a request gives none")
     max_deadline_ms: int = Field(60_000, ge=1, description="longer per-item deadlines are cut to this")
-    max_completion_chars: int = Field(10_000, ge=1, description="longer completions are not parsed")
+    # 256 Ki characters, ~64k tokens of reasoning. `math` parses only the last \boxed{} (or the last 10k
+    # characters), so the cap bounds memory and request size (64 MiB per request), not parser time.
+    max_completion_chars: int = Field(262_144, ge=1, description="longer completions are not parsed")
     max_items: int = Field(4096, ge=1, description="items per request")
     plugins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="modules (comma-separated) that register more verifiers"

@@ -25,7 +25,7 @@ from ..conftest import REPO
 from ..service_process import ServiceProcess
 
 PLUGIN = "tests.integration.reward_plugin"
-CAP = 2000  # max_completion_chars given to the service through its environment
+CAP = 100_000  # max_completion_chars given to the service through its environment (default: 262,144)
 # 9^(9^(9^9)): sympy evaluates the tower while comparing it; with math-verify's timeouts off this ran for
 # over 300 s here (killed by `timeout`, 278 MB RSS) without finishing.
 HANG = "The tower is \\boxed{9^{9^{9^{9}}}}"
@@ -157,6 +157,26 @@ def test_exact_format_and_user_verifiers(client):
     assert "\\boxed{}" in results[1].detail
     # The plugin's verifier returns a bare float, which becomes the reward.
     assert client.score("test_length", ["abcd"], ["ab"])[0].reward == 2.0
+
+
+def long_reasoning(chars: int) -> str:
+    """A chain of reasoning, LaTeX and numbers included, of at least `chars` characters."""
+    step = "Step {i}: $x_{{{i}}} = \\frac{{{i}}}{{{j}}}$, so the total is {i} + {j} = {k}; next term. "
+    text, i = "", 0
+    while len(text) < chars:
+        text += step.format(i=i, j=i + 2, k=2 * i + 2)
+        i += 1
+    return text
+
+
+def test_long_completions_are_scored(client):
+    # 64 completions of 64k characters: real reasoning lengths, and together over gRPC's default 4 MiB.
+    reasoning = long_reasoning(64 * 1024)
+    completions = [f"{reasoning} So the answer is \\boxed{{{42 if i % 2 == 0 else 41}}}." for i in range(64)]
+    assert len(reasoning) >= 64 * 1024 and sum(map(len, completions)) > 4 << 20
+    for verifier in ["math", "exact", "format:boxed:exact"]:
+        results = client.score(verifier, completions, ["42"] * len(completions), deadline_s=10)
+        assert [r.status for r in results] == ["ok", "wrong"] * 32, (verifier, results[:2])
 
 
 def test_empty_request(client):

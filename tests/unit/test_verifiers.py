@@ -1,11 +1,13 @@
 """Verifier logic without the service: exact, boxed extraction, the format family, the registry."""
 
+import random
 import re
 
 import pytest
 
 from asympo.spec import JobSpec
 from services.reward.scores import ScoreResult, error, ok
+from services.reward.settings import RewardSettings
 from services.reward.verifiers import (
     PluginError,
     UnknownVerifierError,
@@ -15,6 +17,7 @@ from services.reward.verifiers import (
     register_verifier,
     registered_names,
     resolve,
+    symbolic,
 )
 from services.reward.verifiers.formats import last_boxed
 from services.reward.verifiers.registry import FULL_NAME, Verifier
@@ -79,6 +82,55 @@ def test_exact_runs_in_process_and_math_in_the_pool():
 )
 def test_last_boxed(text, content):
     assert last_boxed(text) == content
+
+
+def quadratic_last_boxed(text: str) -> str | None:
+    """The former last_boxed, kept as the reference: from each box start (last first), scan to its end."""
+    for start in reversed([m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]):
+        depth = 1
+        for i in range(start, len(text)):
+            c = text[i]
+            if c == "{" and text[i - 1] != "\\":
+                depth += 1
+            elif c == "}" and text[i - 1] != "\\":
+                depth -= 1
+                if depth == 0:
+                    return text[start:i]
+    return None
+
+
+@pytest.mark.parametrize(
+    "text, content",
+    [
+        ("\\boxed{a \\boxed{b}}", "b"),  # nested: the box that starts last
+        ("\\boxed{a \\boxed{b}", "b"),  # the outer box never closes
+        ("\\boxed{1} \\boxed{a \\boxed{b} c", "b"),
+        ("\\boxed{1} \\boxed{a \\boxed{b c", "1"),
+        ("\\boxed{x\\}y}", "x\\}y"),
+        ("\\boxed{x\\\\}", None),  # the brace after an escaped backslash still counts as escaped
+        ("} } \\boxed{2} }", "2"),  # stray braces outside boxes do not matter
+        ("\\boxed{1} {{{ \\boxed{2", "1"),
+        ("\\boxed\n\t{3}", "3"),
+        ("\\boxed{}", ""),
+    ],
+)
+def test_last_boxed_edge_cases(text, content):
+    assert last_boxed(text) == content == quadratic_last_boxed(text)
+
+
+def test_last_boxed_agrees_with_the_quadratic_reference_on_random_text():
+    rng = random.Random(20240611)
+    pieces = [" ", *"\\boxed{ \\boxed \\fbox{ \\fbox \\ { } \\{ \\} a 1 boxed".split()]
+    for _ in range(5000):
+        text = "".join(rng.choices(pieces, k=rng.randint(0, 30)))
+        assert last_boxed(text) == quadratic_last_boxed(text), text
+
+
+def test_last_boxed_is_linear_in_unclosed_boxes():
+    # 2.1 MB of unclosed boxes: the quadratic scan would visit ~10^11 characters and not finish for hours.
+    assert last_boxed("\\boxed{" * 300_000) is None
+    assert last_boxed("\\boxed{1} " + "\\boxed{" * 300_000) == "1"
+    assert last_boxed("{" * 1_000_000 + "\\boxed{" + "{" * 1_000_000) is None
 
 
 @pytest.mark.parametrize(
@@ -221,3 +273,63 @@ def test_math_in_process():
     assert m("\\boxed{3}", "0.5").status == "wrong"
     assert m("no numbers here", "0.5").status == "unparsable"
     assert m("\\boxed{3}", "\\frac{").status == "error"
+
+
+def reasoning(chars: int) -> str:
+    """A long chain of reasoning, LaTeX and all, of at least `chars` characters."""
+    step = (
+        "Step {i}: $x_{{{i}}} = \\frac{{{i}}}{{{j}}}$, so the total is {i} + {j} = {k}; check the next term. "
+    )
+    text, i = "", 0
+    while len(text) < chars:
+        text += step.format(i=i, j=i + 2, k=2 * i + 2)
+        i += 1
+    return text
+
+
+def test_the_default_completion_cap_lets_long_reasoning_through():
+    assert RewardSettings.model_fields["max_completion_chars"].default >= 64 * 1024
+
+
+@pytest.mark.parametrize("name", ["math", "exact", "format:boxed:exact", "format:boxed:math"])
+def test_long_completions_are_scored(name):
+    long = reasoning(64 * 1024)
+    assert resolve(name)(long + " so the answer is \\boxed{42}.", "42").status == "ok"
+    assert resolve(name)(long + " so the answer is \\boxed{41}.", "42").status == "wrong"
+
+
+@pytest.fixture
+def parsed(monkeypatch):
+    """The texts the math verifier hands to math-verify's parse."""
+    seen = []
+    parse = symbolic.parse
+    monkeypatch.setattr(symbolic, "parse", lambda text, **kw: seen.append(text) or parse(text, **kw))
+    return seen
+
+
+def test_math_parses_only_the_last_box(parsed):
+    result = resolve("math")(reasoning(64 * 1024) + " \\boxed{\\frac{1}{2}} and \\boxed{", "0.5")
+    assert result.status == "ok"
+    assert parsed == ["\\boxed{\\frac{1}{2}}"]  # math-verify's cost no longer grows with the reasoning
+
+
+def test_math_reads_the_end_of_a_long_completion_without_a_box(parsed):
+    long = reasoning(64 * 1024)
+    assert resolve("math")(long + " The final answer is $42$.", "42").status == "ok"
+    # A repetition loop cut at the length limit: minutes of regex backtracking if parsed whole.
+    assert resolve("math")("12345 " * 40_000, "42").status == "wrong"
+    assert [len(text) for text in parsed] == [symbolic.UNBOXED_TAIL_CHARS] * 2
+
+
+@pytest.mark.parametrize(
+    "completion, reference, status",
+    [
+        ("\\boxed{3} no wait \\boxed{4}", "4", "ok"),  # the last box, as for `exact` (was read as "3,4")
+        ("\\boxed{3} no wait \\boxed{4}", "3", "wrong"),
+        ("\\fbox{7}", "7", "ok"),
+        ("so x = 5 and \\boxed{ }", "5", "ok"),  # an empty box: math-verify reads the text, as before
+        ("The final answer is $42$.", "42", "ok"),  # no box: math-verify reads the text, as before
+    ],
+)
+def test_math_reads_the_last_box(completion, reference, status):
+    assert resolve("math")(completion, reference).status == status

@@ -5,9 +5,10 @@ Naming (every name matches the JobSpec's `verifier` pattern `^[a-z][a-z0-9_]*(:[
 - `exact` — the last `\\boxed{}` answer, or else the whole completion, equals the reference after
   normalization (whitespace, `$`, a trailing period, thousands separators, case) or as the same exact
   number (`0.5` = `1/2`). Runs in the service process.
-- `math` — math-verify extracts the final answer (a `\\boxed{}` first, then "the answer is …", then
-  the last expression) and compares it with the reference symbolically and numerically: `\\frac{1}{2}`
-  = `0.5`, `2(x+1)` = `2x+2`, intervals, sets, percentages. Runs in the worker pool under a deadline.
+- `math` — math-verify extracts the final answer (the last `\\boxed{}` alone if there is one, else from
+  the last 10,000 characters "the answer is …", then the last expression) and compares it with the
+  reference symbolically and numerically: `\\frac{1}{2}` = `0.5`, `2(x+1)` = `2x+2`, intervals, sets,
+  percentages. Runs in the worker pool under a deadline.
 - `format:<fmt>:<verifier>` — reward 0 with status `unparsable` unless the completion has the format,
   else `<verifier>`'s score. Formats: `boxed` (a non-empty `\\boxed{}` answer; the verifier sees the
   whole completion) and `think` (`<think>…</think>` then an answer; the verifier sees only the

@@ -9,24 +9,40 @@ from collections.abc import Callable
 from ..scores import ScoreResult, unparsable
 from .registry import Verifier, register_family, resolve
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# Inside a box: a nested box opening (through its brace), or a brace not escaped with a backslash.
+_BOX_OR_BRACE = re.compile(r"(\\(?:boxed|fbox)\s*\{)|(?<!\\)[{}]")
 _THINK = re.compile(r"\A\s*<think>(.*?)</think>(.*)\Z", re.DOTALL)
 
 
 def last_boxed(text: str) -> str | None:
     """The content of the last `\\boxed{...}` (or `\\fbox{...}`) with balanced braces, else None."""
-    for start in reversed([m.end() for m in _BOXED.finditer(text)]):
+    # One left-to-right pass, linear in the text however many boxes a truncated generation left open:
+    # braces outside every box cannot matter, so the scan jumps from box to box and only follows the
+    # braces of the box it is in (and of boxes nested in it) until that box closes.
+    best: tuple[int, int] | None = None  # (start, end) of the complete box that starts last
+    pos = 0
+    while (box := _BOX.search(text, pos)) is not None:
         depth = 1
-        for i in range(start, len(text)):
-            c = text[i]
-            if c == "{" and text[i - 1] != "\\":
+        open_boxes = [(box.end(), depth)]  # (content start, brace depth inside it), innermost last
+        for m in _BOX_OR_BRACE.finditer(text, box.end()):
+            if m.group() != "}":
                 depth += 1
-            elif c == "}" and text[i - 1] != "\\":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i]
-        # An unclosed box (a truncated generation): an earlier, complete one may still be the answer.
-    return None
+                if m.group(1) is not None:
+                    open_boxes.append((m.end(), depth))
+                continue
+            if open_boxes[-1][1] == depth:
+                # Boxes close innermost first, so the last-starting complete box may close before others.
+                start = open_boxes.pop()[0]
+                if best is None or start > best[0]:
+                    best = (start, m.start())
+                if not open_boxes:
+                    pos = m.end()
+                    break
+            depth -= 1
+        else:
+            break  # the text ended inside a box (a truncated generation): an earlier complete box wins
+    return None if best is None else text[best[0] : best[1]]
 
 
 def _boxed(completion: str) -> tuple[str | None, str]:

@@ -1,6 +1,6 @@
-"""The `math` verifier: math-verify reads the final answer (a `\\boxed{}` first) and compares it with the
-reference symbolically. Its own signal-based timeouts are off (they only work on the main thread); the
-service enforces deadlines by killing the worker process instead."""
+"""The `math` verifier: math-verify reads the final answer (the last `\\boxed{}` if there is one) and
+compares it with the reference symbolically. Its own signal-based timeouts are off (they only work on the
+main thread); the service enforces deadlines by killing the worker process instead."""
 
 from __future__ import annotations
 
@@ -13,10 +13,14 @@ from sympy import Basic, MatrixBase
 from asympo.tasks.answers import exact_match
 
 from ..scores import ScoreResult, clip_detail, error, ok, unparsable, wrong
+from .formats import last_boxed
 from .registry import register_verifier
 
 # Boxed answers outrank "the answer is ..." phrases and bare expressions anywhere in the text.
 _EXTRACTION = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
+# A completion without a \\boxed{} answer is read from its last this many characters: the service's former
+# cap on whole completions, so every completion it used to read is still read exactly as before.
+UNBOXED_TAIL_CHARS = 10_000
 
 
 class _DropTimeoutDisabled(logging.Filter):
@@ -45,7 +49,16 @@ def parse_reference(reference: str) -> tuple:
 
 def parse_answer(completion: str) -> list:
     """math-verify's reading of the completion's final answer: [sympy object, source text] or []."""
-    return parse(completion, extraction_config=_EXTRACTION, parsing_timeout=None)
+    boxed = last_boxed(completion)
+    if boxed is not None and boxed.strip():
+        # math-verify runs a dozen regexes over the whole text (costlier the longer the reasoning) and
+        # would read "\\boxed{3} ... \\boxed{4}" as "3,4"; the last box alone is the answer, as for `exact`.
+        text = "\\boxed{" + boxed + "}"
+    else:
+        # Without a box only the end is read: math-verify's expression regex backtracks quadratically on
+        # long runs of numbers (a repetition loop: 3 s for 32k characters, minutes for 256k).
+        text = completion[-UNBOXED_TAIL_CHARS:]
+    return parse(text, extraction_config=_EXTRACTION, parsing_timeout=None)
 
 
 @register_verifier("math", isolated=True)
