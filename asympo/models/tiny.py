@@ -2,8 +2,8 @@
 
 RL needs reward variance from the first step, so the factory trains the fresh model with answer-only
 SFT under a one-cycle schedule and stops as soon as greedy accuracy reaches the chosen target. The
-result is saved in HF format (safetensors, untied embeddings so vLLM's hot reload refreshes lm_head)
-and cached by a hash of everything that determines it.
+result is saved in HF format (safetensors; embeddings untied unless the spec ties them, which is how
+the tied heads of real LLMs are tested on CPU) and cached by a hash of everything that determines it.
 
     python -m asympo.models.tiny [JOB.yaml] [--out DIR]
 """
@@ -25,14 +25,15 @@ import torch
 from tqdm import tqdm
 
 from asympo.models.evaluate import greedy_accuracy
-from asympo.spec import ArithmeticTaskSpec, JobSpec, TinyModelSpec
+from asympo.models.prompts import Prompter
+from asympo.spec import TINY_ALPHABET, ArithmeticTaskSpec, JobSpec, TinyModelSpec
 from asympo.tasks import ArithmeticTask
 from asympo.tasks.base import Problem
 
 # Bump when the factory changes what it builds, so caches of older builds are not reused.
 FACTORY_VERSION = 1
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
-ALPHABET = "0123456789+-*= "
+ALPHABET = TINY_ALPHABET
 MANIFEST = "asympo_tiny.json"
 SFT_VAL_SIZE = 300
 
@@ -58,7 +59,7 @@ def build_tokenizer():
 
 
 def build_model(spec: TinyModelSpec, tokenizer):
-    """A freshly initialized Qwen2ForCausalLM of the spec's size, untied embeddings, float32."""
+    """A freshly initialized Qwen2ForCausalLM of the spec's size, float32."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
@@ -69,7 +70,7 @@ def build_model(spec: TinyModelSpec, tokenizer):
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_kv_heads,
         max_position_embeddings=256,
-        tie_word_embeddings=False,
+        tie_word_embeddings=spec.tie_embeddings,
         rope_theta=10000.0,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -135,7 +136,7 @@ def warm_start(model, tokenizer, task: ArithmeticTask, spec: TinyModelSpec, prog
         sched.step()
         bar.update(1)
         if step % spec.sft_eval_every == 0 or step == spec.sft_max_steps:
-            accuracy = greedy_accuracy(model, tokenizer, val, max_new)
+            accuracy = greedy_accuracy(model, Prompter(tokenizer), val, max_new)
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
             if accuracy >= spec.sft_target_accuracy:
                 break

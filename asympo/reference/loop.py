@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from asympo.algo import gpg_advantages, group_advantages, policy_loss
 from asympo.models.evaluate import greedy_accuracy
-from asympo.models.hf_generate import hf_generate
+from asympo.models.hf_generate import hf_generate_ids
 from asympo.models.loading import load_policy, pick_device, resolve_model_path
-from asympo.models.logprobs import pack_responses, response_logprobs
+from asympo.models.logprobs import pack_responses, response_logprobs, response_start
+from asympo.models.prompts import Prompter
 from asympo.spec import JobSpec
 from asympo.tasks import build_task, exact_match
 
@@ -127,6 +128,7 @@ def run_reference(
     task = build_task(spec.task)
     model_path = resolve_model_path(spec, cache_dir, progress=progress)
     policy, tokenizer = load_policy(model_path, spec.model.dtype, device)
+    prompter = Prompter.for_model(tokenizer, model_path, spec.task)
     sampler = copy.deepcopy(policy).eval()
     policy.train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=algo.lr, weight_decay=algo.weight_decay)
@@ -138,7 +140,7 @@ def run_reference(
 
     def evaluate(step: int) -> None:
         result.evals.append(
-            {"step": step, "accuracy": greedy_accuracy(policy, tokenizer, heldout, eval_tokens)}
+            {"step": step, "accuracy": greedy_accuracy(policy, prompter, heldout, eval_tokens, verify=verify)}
         )
         if on_eval:
             on_eval(result)
@@ -150,15 +152,16 @@ def run_reference(
         problems = [next(stream) for _ in range(algo.prompts_per_step)]
         version, state = ring.oldest
         sampler.load_state_dict(state)
-        groups = hf_generate(
+        groups = hf_generate_ids(
             sampler,
             tokenizer,
-            [p.prompt for p in problems],
+            [prompter.ids(p.prompt) for p in problems],
             n=algo.group_size,
             max_new_tokens=sampling.max_new_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             seed=_seed_for(sampling.seed, spec.seed, step),
+            stop_token_ids=prompter.stop_ids or None,
         )
         rewards = torch.tensor([[verify(s.text, p.reference) for s in g] for g, p in zip(groups, problems)])
         t_gen = time.perf_counter()
@@ -177,7 +180,7 @@ def run_reference(
         }
         if keep.any():
             record.update(
-                _update(spec, policy, sampler, optimizer, tokenizer, problems, groups, rewards, keep)
+                _update(spec, policy, sampler, optimizer, prompter, problems, groups, rewards, keep)
             )
         else:
             record["skipped"] = True
@@ -197,7 +200,7 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _update(spec, policy, sampler, optimizer, tokenizer, problems, groups, rewards, keep) -> dict[str, float]:
+def _update(spec, policy, sampler, optimizer, prompter, problems, groups, rewards, keep) -> dict[str, float]:
     """One optimizer step on the kept groups; returns the loss statistics."""
     algo = spec.algorithm
     if algo.loss == "gpg":
@@ -206,19 +209,21 @@ def _update(spec, policy, sampler, optimizer, tokenizer, problems, groups, rewar
         A = group_advantages(rewards[keep], norm=algo.adv_norm)
     prompt_ids, response_ids = [], []
     for problem, group in (pg for pg, k in zip(zip(problems, groups), keep.tolist()) if k):
-        p_ids = tokenizer(problem.prompt).input_ids
+        p_ids = prompter.ids(problem.prompt)
         for sample in group:
             prompt_ids.append(p_ids)
             response_ids.append(sample.token_ids)
     device = next(policy.parameters()).device
     input_ids, attention, mask = (
-        t.to(device) for t in pack_responses(prompt_ids, response_ids, tokenizer.pad_token_id)
+        t.to(device) for t in pack_responses(prompt_ids, response_ids, prompter.tokenizer.pad_token_id)
     )
+    first = response_start(prompt_ids)
+    mask = mask[:, first:]
     options = algo.options.for_loss()
     if algo.loss == "grpo":
         with torch.no_grad():
-            options["behavior_logprobs"] = response_logprobs(sampler, input_ids, attention)
-    logprobs = response_logprobs(policy, input_ids, attention)
+            options["behavior_logprobs"] = response_logprobs(sampler, input_ids, attention, first)
+    logprobs = response_logprobs(policy, input_ids, attention, first)
     loss, stats = policy_loss(algo.loss, logprobs, mask, A.reshape(-1).to(device), **options)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -1,8 +1,10 @@
-"""Seeded synthetic arithmetic: "47+85=" → "132", with a fixed held-out set excluded from training."""
+"""Seeded synthetic arithmetic: "47+85=" → "132" (or any template over a, op, b), with a fixed held-out set
+excluded from training."""
 
 from __future__ import annotations
 
 import random
+import string
 from collections.abc import Iterator
 
 from asympo.spec import ArithmeticTaskSpec
@@ -30,15 +32,16 @@ class ArithmeticTask:
     @property
     def alphabet(self) -> str:
         """Every character a prompt or an answer can contain."""
-        return "0123456789-" + "".join(self.spec.operators) + "="
+        literal = "".join(text for text, *_ in string.Formatter().parse(self.spec.template))
+        return "".join(sorted(set("0123456789-" + "".join(self.spec.operators) + literal)))
 
     def _draw(self, rng: random.Random) -> tuple[int, str, int]:
         return rng.randint(self.lo, self.hi), rng.choice(self.spec.operators), rng.randint(self.lo, self.hi)
 
-    @staticmethod
-    def _problem(prompt_id: str, key: tuple[int, str, int]) -> Problem:
+    def _problem(self, prompt_id: str, key: tuple[int, str, int]) -> Problem:
         a, op, b = key
-        return Problem(prompt_id, f"{a}{op}{b}=", str(_APPLY[op](a, b)))
+        prompt = self.spec.template.format(a=a, op=op, b=b)
+        return Problem(prompt_id, prompt, str(_APPLY[op](a, b)))
 
     def heldout(self) -> list[Problem]:
         """The fixed held-out problems, the same for every job with this task spec."""

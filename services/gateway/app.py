@@ -184,8 +184,10 @@ def create_app(settings: GatewaySettings, redis=None) -> FastAPI:
         r = db(request)
         record = await existing(job_id, r)
         out = record.model_dump(mode="json")
-        last = await r.xrevrange(JobKeys(job_id).steps, count=1)
-        out["last_step"] = json.loads(last[0][1][b"json"]) if last else None
+        recent = [json.loads(f[b"json"]) for _, f in await r.xrevrange(JobKeys(job_id).steps, count=50)]
+        out["last_step"] = recent[0] if recent else None
+        # Evaluations on the pods are records of their own, often followed at once by a training step.
+        out["last_eval"] = next((rec for rec in recent if rec.get("heldout_accuracy") is not None), None)
         if record.state == "queued":
             queue = [x.decode() for x in await r.lrange(QUEUE, 0, -1)]
             out["queue_position"] = queue.index(job_id) if job_id in queue else None

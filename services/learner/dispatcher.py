@@ -14,6 +14,7 @@ import itertools
 import redis.asyncio as aioredis
 
 from asympo.bus import JobKeys, admission_limit, dispatch, read_flow
+from asympo.models.prompts import Prompter
 from asympo.proto.v1 import bus_pb2
 from asympo.spec import JobSpec
 from asympo.tasks import build_task
@@ -26,11 +27,11 @@ def _seed(*parts) -> int:
 class Dispatcher:
     """Feeds `asympo:{job}:prompts`; run by rank 0."""
 
-    def __init__(self, redis: aioredis.Redis, job_id: str, spec: JobSpec, tokenizer):
+    def __init__(self, redis: aioredis.Redis, job_id: str, spec: JobSpec, prompter: Prompter):
         self.redis = redis
         self.keys = JobKeys(job_id)
         self.spec = spec
-        self.tokenizer = tokenizer
+        self.prompter = prompter
         self._stream = None
         self._position = 0
         self.max_staleness = spec.algorithm.max_staleness
@@ -60,7 +61,7 @@ class Dispatcher:
                     job_id=self.keys.job_id,
                     prompt_id=problem.prompt_id,
                     prompt=problem.prompt,
-                    prompt_token_ids=self.tokenizer(problem.prompt).input_ids,
+                    prompt_token_ids=self.prompter.ids(problem.prompt),
                     reference=problem.reference,
                     group_size=algo.group_size,
                     sampling=bus_pb2.SamplingParams(
@@ -68,6 +69,7 @@ class Dispatcher:
                         temperature=sampling.temperature,
                         top_p=sampling.top_p,
                         seed=_seed(self.spec.seed, sampling.seed, index),
+                        stop_token_ids=self.prompter.stop_ids,
                     ),  # fmt: skip
                     dispatch_version=version,
                     verifier=self.spec.verifier,

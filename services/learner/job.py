@@ -39,17 +39,19 @@ from asympo.bus import (
     publish,
     read_flow,
 )
-from asympo.bus.codec import EntryError, decode
+from asympo.bus.follow import StreamFollower
 from asympo.bus.streams import undelivered
 from asympo.models.loading import load_policy, resolve_model_path
+from asympo.models.prompts import Prompter
 from asympo.proto.v1 import bus_pb2
 from asympo.records import FINAL_STATES, JobRecord, get_job, put_job
 from asympo.spec import SpecError, live_knob
-from asympo.weights import write_version
+from asympo.weights import announcement, version_dir, write_version
 
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .dispatcher import Dispatcher
+from .evaluation import LearnerEvaluation, RolloutEvaluation
 from .metrics import LearnerMetrics
 from .settings import LearnerSettings
 from .trainer import Trainer, shard_model
@@ -102,9 +104,10 @@ class JobRun:
         self.read_tokens = 0
         self.ckpt_dir = Path(settings.checkpoint_dir) / job.job_id
         self._background: list[asyncio.Task] = []
-        self._control_id = "0-0"
+        self.control = StreamFollower(redis, self.keys.control, bus_pb2.ControlEvent, job.job_id)
         self._replayed = False
         self.dispatcher: Dispatcher | None = None
+        self.evaluation: RolloutEvaluation | LearnerEvaluation | None = None
 
     # ---- setup -----------------------------------------------------------------------------------
 
@@ -116,13 +119,14 @@ class JobRun:
         path = await asyncio.to_thread(D.broadcast, path, w)
         self.model_path = path
         model, self.tokenizer = await asyncio.to_thread(load_policy, path, self.spec.model.dtype, "cpu")
+        self.prompter = Prompter.for_model(self.tokenizer, path, self.spec.task)
         self.model = shard_model(model.to(w.device), w)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.spec.algorithm.lr, weight_decay=self.spec.algorithm.weight_decay
         )
         self.trainer = Trainer(
             self.model, self.optimizer, w, self.spec.algorithm, self.tokenizer.pad_token_id,
-            self.settings.micro_batch_rows,
+            self.settings.micro_batch_rows, self.settings.micro_batch_tokens,
         )  # fmt: skip
         # Rank 0 keeps a plain copy to write versions and compute probes and held-out accuracy: the
         # sharded model's forward is collective and cannot run on one rank alone.
@@ -134,6 +138,13 @@ class JobRun:
             dead_stream=self.keys.dead, job_id=self.job.job_id, claim_idle_s=10**7, flow_key=self.keys.flow,
         )  # fmt: skip
         self.seen = SeenPrompts(self.redis, self.keys)
+        if w.is_main and self.spec.eval.every:
+            if self.spec.eval_engine() == "rollout":
+                self.evaluation = RolloutEvaluation(self.redis, self.job.job_id, self.spec, self.prompter)
+                await self.evaluation.resume()
+                self._background.append(asyncio.ensure_future(self._collect_evals_forever()))
+            else:
+                self.evaluation = LearnerEvaluation(self.spec, self.publisher, self.prompter)
 
     # ---- the job ---------------------------------------------------------------------------------
 
@@ -149,7 +160,7 @@ class JobRun:
         await self._load()
         await self._resume_or_start()
         if w.is_main:
-            self.dispatcher = Dispatcher(self.redis, self.job.job_id, self.spec, self.tokenizer)
+            self.dispatcher = Dispatcher(self.redis, self.job.job_id, self.spec, self.prompter)
             self._background.append(asyncio.ensure_future(self._dispatch_forever()))
             job = await get_job(self.redis, self.job.job_id)
             if job is not None and job.state in ("queued", "starting", "running"):
@@ -178,6 +189,10 @@ class JobRun:
     async def _resume_or_start(self) -> None:
         w = self.world
         meta = await asyncio.to_thread(load_checkpoint, self.ckpt_dir, self.model, self.optimizer, w)
+        if meta is not None:
+            await self._complete_commit(meta)
+        # The checkpoint's groups are ACKed before any rank recovers its pending ones.
+        await asyncio.to_thread(D.barrier, w)
         # Ranks beyond this world (a restart with fewer ranks) left pending groups: rank 0 adopts them.
         orphans = []
         if w.is_main:
@@ -207,11 +222,12 @@ class JobRun:
         newest = D.broadcast(await self._newest_published() if w.is_main else None, w)
         if newest is None:
             await self._publish(version=0)
-            if w.is_main and self.spec.eval.every:
-                accuracy = await self._evaluate()
-                await self._write_record(
-                    {"step": 0, "version": 0, "time": time.time(), "heldout_accuracy": accuracy}
-                )
+            if w.is_main and self.evaluation is not None:
+                # The step-0 record marks the job's start; the base model's accuracy is in it, or in an
+                # eval record once the pods have evaluated version 0.
+                record = {"step": 0, "version": 0, "time": time.time()}
+                record["heldout_accuracy"] = await self._evaluate(0, 0)
+                await self._write_record(record)
         else:
             # A restart before the first checkpoint: the base model is already out; start over from it.
             self.progress.version = newest
@@ -245,18 +261,8 @@ class JobRun:
         # On the first call the whole stream is read: earlier knob settings are re-applied (a restarted
         # learner keeps them), earlier pause/resume/cancel are not (the job record holds their outcome).
         replaying, self._replayed = not self._replayed, True
-        while reply := await self.redis.xread({self.keys.control: self._control_id}, count=100):
-            for _, entries in reply:
-                for entry_id, fields in entries:
-                    self._control_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    try:
-                        event = decode(fields, bus_pb2.ControlEvent, self.job.job_id)
-                    except EntryError as exc:
-                        log.warning("unreadable control event skipped", extra={"reason": exc.reason})
-                        continue
-                    await self._apply_event(event, replaying)
-            if not replaying:
-                return
+        for event in await self.control.read():
+            await self._apply_event(event, replaying)
 
     async def _apply_event(self, event: bus_pb2.ControlEvent, replaying: bool) -> None:
         if event.kind == "set":
@@ -385,54 +391,78 @@ class JobRun:
         staleness = [self._staleness(g) for g in groups]
         stats = await asyncio.to_thread(self.trainer.step, groups)
         self.progress.step += 1
-        publish_s = None
-        if (
-            self.progress.step % self.spec.algorithm.sync_every == 0
-            or self.progress.step == self.spec.algorithm.steps
-        ):
-            publish_s = await self._publish()
-        # Commit after publishing, so the dispatcher's freed room is filled at the new version.
-        await self.consumer.ack_consumed([d.entry_id for d in batch])
+        entries = [d.entry_id for d in batch]
         trained = await asyncio.to_thread(
-            D.gather, ([g.prompt_id for g in groups], staleness, self.read_tokens), w
+            D.gather, ([g.prompt_id for g in groups], staleness, self.read_tokens, entries), w
         )
         self.read_tokens = 0
-        ckpt_every = self.spec.checkpoint.every
-        if ckpt_every and self.progress.step % ckpt_every == 0:
-            await self._checkpoint()
+        step, algo = self.progress.step, self.spec.algorithm
+        publishing = step % algo.sync_every == 0 or step == algo.steps
+        pv, publish_s = None, None  # pv is rank 0's; every rank takes part in gathering and announcing
+        if publishing:
+            pv, publish_s = await self._write_version()
+        record = self._step_record(stats, trained, time.perf_counter() - t0, publish_s) if w.is_main else None
+        if self.spec.checkpoint.every and step % self.spec.checkpoint.every == 0:
+            # The checkpoint holds the step's whole commit (its groups, its version, its record), so a
+            # learner restarted from it finishes the commit instead of training the groups again.
+            commit = {"entries": [e for *_, ids in trained for e in ids], "record": record,
+                      "version": self.progress.version + 1 if publishing else None}  # fmt: skip
+            await self._checkpoint(commit)
+        if publishing:
+            await self._announce(pv)
+        # ACK after announcing, so the dispatcher's freed room is filled at the new version.
+        await self.consumer.ack_consumed(entries)
         if w.is_main:
-            await self._record(stats, trained, time.perf_counter() - t0, publish_s)
+            await self._write_step(record)
         return True
 
-    async def _publish(self, version: int | None = None) -> float:
-        """Gather the full weights (all ranks), write and announce the next version (rank 0)."""
+    async def _write_version(self) -> tuple[bus_pb2.PolicyVersion | None, float]:
+        """Gather the full weights (all ranks) and write the next version to the store (rank 0), unannounced."""
         t0 = time.perf_counter()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = await asyncio.to_thread(get_model_state_dict, self.model, options=options)
-        next_version = self.progress.version + 1 if version is None else version
+        pv = None
         if self.world.is_main:
             self.publisher.load_state_dict(state)
+            # Numbers above the newest announced one are free: a directory there is a crashed attempt's.
             pv, _ = await asyncio.to_thread(
-                write_version, self.settings.weight_store, self.job.job_id, next_version,
+                write_version, self.settings.weight_store, self.job.job_id, self.progress.version + 1,
                 self.progress.step, self.publisher, self.tokenizer, keep=self.settings.keep_versions,
+                replace=True, grace_s=self.settings.version_grace_s,
             )  # fmt: skip
+        return pv, time.perf_counter() - t0
+
+    async def _announce(self, pv: bus_pb2.PolicyVersion | None) -> None:
+        """XADD the written version (rank 0); from then on every rank dispatches and trains at it."""
+        if self.world.is_main:
             await publish(self.redis, self.keys.policy, [pv])
             self.metrics.version.set(pv.version)
-            self.metrics.publish_seconds.observe(time.perf_counter() - t0)
             log.info("published", extra={"version": pv.version, "step": pv.step, "bytes": pv.bytes})
         await asyncio.to_thread(D.barrier, self.world)
         # Only now: the dispatcher stamps tasks with this version, which pods must be able to load.
-        self.progress.version = next_version
+        self.progress.version += 1
+
+    async def _publish(self, version: int | None = None) -> float:
+        """Write and announce the next version (or `version`) at once: start-up and resume."""
+        t0 = time.perf_counter()
+        if version is not None:
+            self.progress.version = version - 1
+        pv, _ = await self._write_version()
+        await self._announce(pv)
         return time.perf_counter() - t0
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self, commit: dict | None = None) -> None:
         t0 = time.perf_counter()
         meta = {
             "job_id": self.job.job_id, "step": self.progress.step, "version": self.progress.version,
             "dropped": self.progress.dropped, "max_staleness": self.max_staleness, "created_at": time.time(),
         }  # fmt: skip
+        if commit is not None:
+            meta["commit"] = commit
+            if commit["version"] is not None:
+                meta["version"] = commit["version"]  # what the step publishes, announced or not
         await asyncio.to_thread(
             save_checkpoint,
             self.ckpt_dir,
@@ -444,10 +474,27 @@ class JobRun:
         )
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
 
-    async def _record(self, stats: dict, trained: list, seconds: float, publish_s: float | None) -> None:
-        prompt_ids = [pid for ids, _, _ in trained for pid in ids]
-        staleness = [s for _, st, _ in trained for s in st]
-        generated = sum(n for _, _, n in trained)
+    async def _complete_commit(self, meta: dict) -> None:
+        """Finish what the checkpoint's step had not: announce its version, ACK its groups, write its record."""
+        commit = meta.get("commit")
+        if not commit or not self.world.is_main:
+            return
+        newest = await self._newest_published()
+        if commit["version"] is not None and (newest is None or newest < commit["version"]):
+            path = version_dir(self.settings.weight_store, self.job.job_id, commit["version"])
+            await publish(self.redis, self.keys.policy, [await asyncio.to_thread(announcement, path)])
+            log.info("announced the checkpoint's version", extra={"version": commit["version"]})
+        await self.consumer.ack_consumed(commit["entries"])  # idempotent: only still-pending ones count
+        last = await self.redis.xrevrange(self.keys.steps, count=20)
+        written = {json.loads(f[b"json"]).get("step") for _, f in last}
+        if commit["record"] is not None and meta["step"] not in written:
+            await self._write_record(commit["record"])
+
+    def _step_record(self, stats: dict, trained: list, seconds: float, publish_s: float | None) -> dict:
+        """The step's record (rank 0), and its metrics."""
+        prompt_ids = [pid for ids, *_ in trained for pid in ids]
+        staleness = [s for _, st, *_ in trained for s in st]
+        generated = sum(n for _, _, n, _ in trained)
         for s in staleness:
             self.staleness_counts[s] = self.staleness_counts.get(s, 0) + 1
             self.metrics.staleness.observe(s)
@@ -457,19 +504,23 @@ class JobRun:
         m.tokens_trained.inc(stats["tokens"])
         m.tokens_per_s.set(stats["tokens"] / max(seconds, 1e-9))
         m.groups_trained.inc(len(prompt_ids))
+        if publish_s is not None:
+            m.publish_seconds.observe(publish_s)
         for gauge, key in ((m.loss, "loss"), (m.delta, "delta"), (m.balance_ratio, "R"), (m.reward_mean, "reward_mean"),
                            (m.reward_std, "reward_std"), (m.accuracy, "accuracy"), (m.grad_norm, "grad_norm")):  # fmt: skip
             if math.isfinite(stats.get(key, math.nan)):
                 gauge.set(stats[key])
-        record = {
-            "step": self.progress.step, "version": self.progress.version, "time": time.time(),
-            "seconds": seconds, "publish_seconds": publish_s, "prompt_ids": prompt_ids, "staleness": staleness,
-            "tokens_per_s": stats["tokens"] / max(seconds, 1e-9), "dropped": dict(self.progress.dropped),
-            "generated_tokens": generated,
+        return {
+            "step": self.progress.step, "version": self.progress.version + (publish_s is not None),
+            "time": time.time(), "seconds": seconds, "publish_seconds": publish_s, "prompt_ids": prompt_ids,
+            "staleness": staleness, "tokens_per_s": stats["tokens"] / max(seconds, 1e-9),
+            "dropped": dict(self.progress.dropped), "generated_tokens": generated,
             "max_staleness": self.max_staleness, **stats,
         }  # fmt: skip
+
+    async def _write_step(self, record: dict) -> None:
         if self.spec.eval.every and self.progress.step % self.spec.eval.every == 0:
-            record["heldout_accuracy"] = await self._evaluate()
+            record["heldout_accuracy"] = await self._evaluate(self.progress.version, self.progress.step)
         await self._write_record(record)
         job = await get_job(self.redis, self.job.job_id)
         if job is not None and job.state in ("running", "paused"):
@@ -482,25 +533,56 @@ class JobRun:
             self.keys.steps, {"json": json.dumps(clean)}, maxlen=STEPS_MAXLEN, approximate=True
         )
 
-    async def _evaluate(self) -> float | None:
-        """Held-out greedy accuracy of the published weights (rank 0, small models only)."""
-        if sum(p.numel() for p in self.publisher.parameters()) > self.settings.eval_max_params:
-            return None
-        from asympo.models.evaluate import greedy_accuracy
-        from asympo.tasks import build_task
+    async def _evaluate(self, version: int, step: int) -> float | None:
+        """Held-out accuracy of a published version: now (learner), or None and an eval record later (pods)."""
+        if isinstance(self.evaluation, LearnerEvaluation):
+            accuracy = await self.evaluation.accuracy()
+            self.metrics.heldout_accuracy.set(accuracy)
+            self.metrics.heldout_version.set(version)
+            return accuracy
+        if self.evaluation is not None:
+            await self.evaluation.request(version, step)
+        return None
 
-        problems = build_task(self.spec.task).heldout()
-        max_new = self.spec.eval.max_new_tokens or self.spec.sampling.max_new_tokens
-        acc = await asyncio.to_thread(greedy_accuracy, self.publisher, self.tokenizer, problems, max_new)
-        self.metrics.heldout_accuracy.set(acc)
-        return acc
+    async def _write_eval_records(self, records: list[dict]) -> None:
+        for record in records:
+            await self._write_record(record)
+            self.metrics.heldout_accuracy.set(record["heldout_accuracy"])
+            self.metrics.heldout_version.set(record["version"])
+            k = record.get("eval_samples")
+            if k:
+                self.metrics.heldout_mean_at_k.set(record[f"heldout_mean_at_{k}"])
+            log.info(
+                "evaluated", extra={k: v for k, v in record.items() if k.startswith(("heldout", "version"))}
+            )
+
+    async def _collect_evals_forever(self) -> None:
+        while True:
+            try:
+                await self._write_eval_records(await self.evaluation.collect())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("collecting evaluation results failed; retrying")
+            await asyncio.sleep(self.settings.poll_s)
 
     async def _finish(self) -> None:
         await self._checkpoint()
         if self.world.is_main:
             evaluation = None
-            if self.spec.eval.every:
-                evaluation = await self._evaluate()
+            if isinstance(self.evaluation, RolloutEvaluation):
+                for task in self._background:  # from here on, this method collects the results itself
+                    task.cancel()
+                version = self.progress.version
+                await self.evaluation.request(version, self.progress.step)
+                records = await self.evaluation.wait(version, self.settings.eval_wait_s, self.settings.poll_s)
+                await self._write_eval_records(records)
+                final = self.evaluation.results.get(version)
+                evaluation = final["heldout_accuracy"] if final else None
+                if final is None:
+                    log.warning("the final evaluation did not finish in time", extra={"version": version})
+            elif self.evaluation is not None:
+                evaluation = await self._evaluate(self.progress.version, self.progress.step)
             await self._write_record(
                 {"final": True, "step": self.progress.step, "version": self.progress.version,
                  "heldout_accuracy": evaluation, "time": time.time()}

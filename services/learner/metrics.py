@@ -40,6 +40,12 @@ class LearnerMetrics:
         self.heldout_accuracy = Gauge(
             "asympo_learner_heldout_accuracy", "held-out greedy accuracy", registry=r
         )
+        self.heldout_mean_at_k = Gauge(
+            "asympo_learner_heldout_mean_at_k", "held-out mean reward of k samples per prompt", registry=r
+        )
+        self.heldout_version = Gauge(
+            "asympo_learner_heldout_version", "policy version of the newest held-out evaluation", registry=r
+        )
         self.grad_norm = Gauge("asympo_learner_grad_norm", "gradient norm before clipping", registry=r)
         self.publish_seconds = Histogram(
             "asympo_learner_publish_seconds",

@@ -28,11 +28,19 @@ class LearnerSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="address of the gRPC server (rank 0)")
     port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged)")
     metrics_port: int = Field(9103, ge=-1, le=65535, description="Prometheus port; 0 = free one, -1 = off")
-    micro_batch_rows: int = Field(64, ge=1, description="responses per forward/backward pass")
+    micro_batch_rows: int = Field(
+        64, ge=1, description="at most this many responses per forward/backward pass"
+    )
+    micro_batch_tokens: int = Field(
+        1024, ge=1, description="at most this many padded tokens per forward/backward pass (one row at least)"
+    )
     keep_versions: int = Field(3, ge=1, description="published versions kept in the weight store")
+    version_grace_s: float = Field(
+        30.0, ge=0, description="a superseded version is kept this long, for pods still loading it"
+    )
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept")
-    eval_max_params: int = Field(
-        50_000_000, ge=0, description="held-out eval only for models up to this size"
+    eval_wait_s: float = Field(
+        900.0, ge=0, description="at the end of a job, how long to wait for the pods' final evaluation"
     )
     poll_s: float = Field(0.5, gt=0, description="how often to look for jobs, control events, capacity")
     exit_when_idle: bool = Field(False, description="exit after one job instead of waiting for the next")

@@ -42,6 +42,9 @@ class RolloutMetrics:
         self.reload_failures = Counter(
             "asympo_rollout_reload_failures", "reloads refused or failed", ["reason"], registry=r
         )
-        for reason in ("unreachable", "verify", "probe", "engine"):
+        for reason in ("unreachable", "verify", "head", "probe", "engine"):
             self.reload_failures.labels(reason)  # exported as 0 from the start, so rate() has a baseline
+        self.eval_tasks = Counter(
+            "asympo_rollout_eval_tasks", "held-out evaluation tasks answered", registry=r
+        )
         self.paused = Gauge("asympo_rollout_paused", "1 while the job is paused", registry=r)

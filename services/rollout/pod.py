@@ -23,27 +23,20 @@ from asympo.bus import (
     JobKeys,
     StreamConsumer,
     connect,
-    decode,
     encode,
     newest_version,
 )
-from asympo.bus.codec import EntryError
+from asympo.bus.follow import StreamFollower
 from asympo.proto.v1 import bus_pb2
 from asympo.records import FINAL_STATES, JobRecord, PodStatus, active_job, get_job, put_pod
 from services.reward.client import AsyncRewardClient, RewardServiceError
 
 from .engines import Engine, EngineError, GenRequest, GenSample, make_engine
+from .evaluation import evaluate
 from .metrics import RolloutMetrics
-from .policy import (
-    LocalVersion,
-    ReloadRefused,
-    RetryGate,
-    materialize,
-    probe_mismatch,
-    probe_tolerance,
-    prune_fetched,
-)
+from .policy import LocalVersion, ReloadRefused, RetryGate, materialize, prune_fetched
 from .settings import RolloutSettings
+from .verify import check_served
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +60,7 @@ class RolloutPod:
         self.paused = False
         self.stopping = asyncio.Event()
         self._retry = RetryGate()
-        self._control_id = "$"
+        self.control: StreamFollower | None = None
         self._tokens_window: list[tuple[float, int]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -134,6 +127,9 @@ class RolloutPod:
         self.status = PodStatus(pod=s.pod, job_id=job.job_id, engine=s.engine, state="loading")
         await put_pod(self.redis, self.status)
         log.info("following job", extra={"job_id": job.job_id})
+        # Earlier events are history: the job record holds their outcome (checked on every look).
+        self.control = StreamFollower(self.redis, keys.control, bus_pb2.ControlEvent, job.job_id)
+        await self.control.skip_to_end()
         first = await self._wait_for_version(keys)
         if first is None:
             return
@@ -143,8 +139,13 @@ class RolloutPod:
             job_id=job.job_id, claim_idle_s=s.claim_idle_s, max_deliveries=s.max_deliveries, flow_key=keys.flow,
         )  # fmt: skip
         await consumer.ensure_group()
-        self._control_id = await self._last_control_id(keys)
+        evals = StreamConsumer(
+            self.redis, keys.evals, GROUP_ROLLOUT, s.pod, bus_pb2.EvalTask, dead_stream=keys.dead,
+            job_id=job.job_id, claim_idle_s=s.claim_idle_s, max_deliveries=s.max_deliveries,
+        )  # fmt: skip
+        await evals.ensure_group()
         backlog = await consumer.recover_own()  # tasks this pod name held before a restart
+        eval_backlog = await evals.recover_own()
         next_check = 0.0
         heartbeat = asyncio.ensure_future(self._heartbeat())
         try:
@@ -153,9 +154,15 @@ class RolloutPod:
                     next_check = time.monotonic() + s.poll_s
                     if not await self._job_still_on(keys):
                         return
-                    await self._maybe_reload(keys)
+                    await self.reload_newest(keys)
                 if self.paused or (self.status and self.status.state == "unhealthy"):
                     await self._sleep(s.poll_s)
+                    continue
+                # Evaluation first: its version is current now, and the learner waits for it at the end.
+                pending_evals, eval_backlog = eval_backlog or await evals.read(1, block_ms=0), []
+                for delivery in pending_evals:
+                    await self._evaluate(evals, keys, delivery)
+                if pending_evals:
                     continue
                 batch, backlog = backlog[: s.batch_prompts], backlog[s.batch_prompts :]
                 if not batch:
@@ -164,7 +171,7 @@ class RolloutPod:
                     if max(d.message.dispatch_version for d in batch) > self.served.version:
                         # Dispatched against a version this pod has not loaded yet: load it first, or the
                         # groups would start out staler than the learner's admission control intended.
-                        await self._maybe_reload(keys)
+                        await self.reload_newest(keys)
                     await self._process(consumer, keys, batch)
         finally:
             heartbeat.cancel()
@@ -192,7 +199,7 @@ class RolloutPod:
                 make_engine, s.engine, local.path, device=s.device, dtype=s.dtype,
                 **(vllm_options if s.engine != "hf" else {}),
             )  # fmt: skip
-            await self._check_probes(local)
+            await self._check_served(local, None)
             self.served = local
         self.status.engine = self.engine.name
         await self._served_now(local)
@@ -206,23 +213,12 @@ class RolloutPod:
             },
         )
 
-    async def _check_probes(self, local: LocalVersion) -> None:
-        """Refuse weights whose served probe log-probs differ from the learner's fingerprint (engine lock held)."""
-        if not local.manifest.probes:
-            return
-        probes = local.manifest.probes
-        served = await asyncio.to_thread(
-            self.engine.sequence_logprobs, [p.token_ids for p in probes], [p.prompt_len for p in probes]
+    async def _check_served(self, local: LocalVersion, previous: LocalVersion | None) -> None:
+        """Refuse weights the engine does not really serve: head columns and probes (engine lock held)."""
+        measured = await asyncio.to_thread(
+            check_served, self.engine, local, previous, self.settings.probe_tolerance
         )
-        worst = probe_mismatch(local.manifest, served)
-        tolerance = self.settings.probe_tolerance or probe_tolerance(self.engine.dtype)
-        if worst > tolerance:
-            raise ReloadRefused(
-                "probe",
-                f"version {local.version}: served probe log-probs differ from the published fingerprint by "
-                f"{worst:.2e} > {tolerance:.1e} (stale weights would be served)",
-            )
-        log.info("probe check passed", extra={"version": local.version, "max_abs_diff": worst})
+        log.info("served weights verified", extra={"version": local.version, **measured})
 
     async def _served_now(self, local: LocalVersion) -> None:
         self.metrics.served_version.set(local.version)
@@ -231,7 +227,15 @@ class RolloutPod:
         self.status.state = "paused" if self.paused else "serving"
         await put_pod(self.redis, self.status)
 
-    async def _maybe_reload(self, keys: JobKeys) -> None:
+    async def _evaluate(self, consumer: StreamConsumer, keys: JobKeys, delivery: Delivery) -> None:
+        try:
+            await evaluate(self, consumer, keys, delivery)
+        except (EngineError, RewardServiceError, ValueError, RuntimeError) as exc:
+            # Left pending: retried (here or by a peer) until max_deliveries dead-letters it with its reason.
+            log.error("evaluation task failed", extra={"entry": delivery.entry_id, "cause": str(exc)})
+
+    async def reload_newest(self, keys: JobKeys) -> None:
+        """Load the newest announced version if it is newer than the one served (refused ones back off)."""
         pv = await newest_version(self.redis, keys)
         if (
             pv is None
@@ -250,7 +254,7 @@ class RolloutPod:
             async with self.engine_lock:
                 try:
                     await asyncio.to_thread(self.engine.load_weights, local.path)
-                    await self._check_probes(local)
+                    await self._check_served(local, previous)
                 except Exception:
                     # Put the verified previous weights back: serving a half-loaded or stale model is worse.
                     await asyncio.to_thread(self.engine.load_weights, previous.path)
@@ -284,18 +288,11 @@ class RolloutPod:
 
     async def _job_still_on(self, keys: JobKeys) -> bool:
         """Apply control events and the job record's state; False when the job is over for this pod."""
-        reply = await self.redis.xread({keys.control: self._control_id}, count=100)
-        for _, entries in reply or []:
-            for entry_id, fields in entries:
-                self._control_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                try:
-                    event = decode(fields, bus_pb2.ControlEvent, keys.job_id)
-                except EntryError:
-                    continue
-                if event.kind in ("pause", "resume"):
-                    self._set_paused(event.kind == "pause")
-                elif event.kind == "cancel":
-                    return False
+        for event in await self.control.read():
+            if event.kind in ("pause", "resume"):
+                self._set_paused(event.kind == "pause")
+            elif event.kind == "cancel":
+                return False
         job = await get_job(self.redis, keys.job_id)
         if job is None or job.state in FINAL_STATES:
             log.info("job is over", extra={"job_id": keys.job_id, "state": job.state if job else "deleted"})
@@ -311,10 +308,6 @@ class RolloutPod:
         self.metrics.paused.set(int(paused))
         if self.status and self.status.state in ("serving", "paused"):
             self.status.state = "paused" if paused else "serving"
-
-    async def _last_control_id(self, keys: JobKeys) -> str:
-        last = await self.redis.xrevrange(keys.control, count=1)
-        return last[0][0].decode() if last else "0-0"
 
     async def _set_state(self, state: str, last_error: str | None = None) -> None:
         if self.status is None:
@@ -350,7 +343,8 @@ class RolloutPod:
         if not usable:
             return
         try:
-            await self._process_batch(consumer, keys, usable)
+            async with consumer.holding([d.entry_id for d in usable]):
+                await self._process_batch(consumer, keys, usable)
         except (EngineError, ValueError, RuntimeError) as exc:
             if len(usable) == 1:
                 # Left un-ACKed: redelivered until max_deliveries, then dead-lettered with the reason.
@@ -449,6 +443,7 @@ class RolloutPod:
             top_p=sp.top_p if 0 < sp.top_p <= 1 else 1.0,
             seed=sp.seed,
             logprobs=grpo,
+            stop_token_ids=tuple(sp.stop_token_ids),
         )
 
     async def _score(self, task: bus_pb2.PromptTask, group: list[GenSample]):

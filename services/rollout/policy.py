@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,25 +59,6 @@ def materialize(pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: st
     return LocalVersion(pv.version, pv.sha256, Path(path), manifest)
 
 
-def probe_mismatch(manifest: VersionManifest, served: list[list[float]]) -> float:
-    """Largest |served − published| log-prob over the manifest's probe tokens."""
-    worst = 0.0
-    for probe, got in zip(manifest.probes, served):
-        if len(got) != len(probe.logprobs):
-            return float("inf")
-        worst = max([worst, *(abs(a - b) for a, b in zip(got, probe.logprobs))])
-    return worst
-
-
-def probe_tolerance(served_dtype: str) -> float:
-    """How far served probe log-probs may be from the learner's float32 ones: rounding of the served dtype.
-
-    Measured on the tiny model: float32 serving agrees to ~1e-6, bfloat16 serving differs by ~0.04; a
-    stale lm_head was seen to differ by 0.68.
-    """
-    return 2e-3 if served_dtype in ("float32", "float64") else 0.1
-
-
 def prune_fetched(weights_dir: Path, job_id: str, keep: set[Path]) -> None:
     """Delete fetched versions of the job that are no longer needed (shared-volume versions are never touched)."""
     root = weights_dir / job_id
@@ -90,17 +72,19 @@ def prune_fetched(weights_dir: Path, job_id: str, keep: set[Path]) -> None:
 class RetryGate:
     """Remembers versions that failed, so a broken version is retried with backoff instead of every poll."""
 
-    def __init__(self, first_s: float = 2.0, cap_s: float = 60.0):
-        self.first_s, self.cap_s = first_s, cap_s
+    def __init__(
+        self, first_s: float = 2.0, cap_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ):
+        self.first_s, self.cap_s, self.clock = first_s, cap_s, clock
         self._failures: dict[tuple[int, str], tuple[int, float]] = {}
 
     def ready(self, pv: bus_pb2.PolicyVersion) -> bool:
         """Whether this version may be tried now."""
         entry = self._failures.get((pv.version, pv.sha256))
-        return entry is None or time.monotonic() >= entry[1]
+        return entry is None or self.clock() >= entry[1]
 
     def failed(self, pv: bus_pb2.PolicyVersion) -> None:
         """Record a failure; the wait doubles each time."""
         count = self._failures.get((pv.version, pv.sha256), (0, 0.0))[0] + 1
         wait = min(self.cap_s, self.first_s * 2 ** (count - 1))
-        self._failures[(pv.version, pv.sha256)] = (count, time.monotonic() + wait)
+        self._failures[(pv.version, pv.sha256)] = (count, self.clock() + wait)

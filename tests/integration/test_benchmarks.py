@@ -11,10 +11,10 @@ from ..conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def _run(script, *args, out):
+def _run(script, *args, out, timeout_s=600):
     proc = subprocess.run(
         [sys.executable, f"benchmarks/{script}", *map(str, args), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -35,9 +35,11 @@ def test_reward_benchmark(tmp_path):
     assert "ratio" in text and result["items"] == 60
 
 
-def test_rollout_benchmark(tmp_path):
+def test_rollout_benchmark(tmp_path, tiny_cache, tiny_model_path):
     result = _run(
         "rollout.py",
+        "--model-cache",
+        tiny_cache,
         "--engine",
         "hf",
         "--prompts",
@@ -61,3 +63,23 @@ def test_learner_benchmark(tmp_path):
     training, publish = result["training"], result["publish"]
     assert training["tokens_per_step"] > 0 and training["ratio_learner_to_plain"] > 0
     assert publish["version_bytes"] > 0 and publish["ratio_publish_to_copy"] > 0
+
+
+def test_real_model_benchmark(tmp_path, tiny_cache, tiny_model_path):
+    """The real-model benchmark's three parts, run here on the tiny job and the hf engine to stay quick."""
+    from asympo.bus.local_redis import free_port
+
+    result = _run(
+        "real_model.py", "--job", "examples/jobs/arith-tiny.yaml", "--engine", "hf", "--steps", 2, "--prompts", 4,
+        "--reloads", 1, "--train-steps", 1, "--gateway-port", free_port(), "--model-cache", tiny_cache,
+        out=tmp_path / "real.json", timeout_s=900,
+    )  # fmt: skip
+    split = result["job"]["step_split_seconds"]
+    assert set(split) == {"generate", "score", "train", "publish", "reload"} and all(
+        v > 0 for v in split.values()
+    )
+    assert result["job"]["samples_per_s"] > 0 and result["job"]["steps"] == 2
+    assert (
+        result["generation"]["ratio_pod_to_direct"] > 0 and result["training"]["ratio_learner_to_plain"] > 0
+    )
+    assert (tmp_path / "real.png").stat().st_size > 5_000

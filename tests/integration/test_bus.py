@@ -228,6 +228,38 @@ async def test_a_vanished_consumers_pending_entries_can_be_adopted(redis, job_ke
     assert {p["consumer"] for p in pending} == {b"rank0"}
 
 
+async def test_held_entries_stay_with_a_slow_consumer_until_it_stops_renewing(redis, job_keys):
+    """Work slower than claim_idle_s keeps its entries while renewed; once renewing stops, a peer takes them."""
+    idle = 0.4
+    await dispatch(redis, job_keys, [task(job_keys, i) for i in range(3)])
+    slow, peer = (
+        consumer(redis, job_keys, "slow", claim_idle_s=idle),
+        consumer(redis, job_keys, "peer", claim_idle_s=idle),
+    )
+    held = await slow.read(3, 100)
+    ids = [d.entry_id for d in held]
+    stolen = []
+    async with slow.holding(ids):
+        # A generation taking 5 claim windows: the peer sweeps for idle entries all along and finds none.
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 5 * idle
+        while loop.time() < end:
+            stolen += await peer.read(3, 50)
+    assert not stolen
+    pending = await redis.xpending_range(job_keys.prompts, GROUP_ROLLOUT, "-", "+", 10)
+    assert {p["consumer"].decode() for p in pending} == {"slow"}
+    assert all(p["times_delivered"] == 1 for p in pending)  # renewing is not a redelivery
+    # The slow consumer stops renewing (it died): one window later the peer reclaims its entries.
+    deadline = asyncio.get_running_loop().time() + 30
+    while len(stolen) < 3 and asyncio.get_running_loop().time() < deadline:
+        stolen += await peer.read(3, 100)
+    assert sorted(d.entry_id for d in stolen) == sorted(ids)
+    # Renewing entries a peer now owns leaves them with the peer.
+    assert await slow.renew(ids) == 0
+    pending = await redis.xpending_range(job_keys.prompts, GROUP_ROLLOUT, "-", "+", 10)
+    assert {p["consumer"].decode() for p in pending} == {"peer"}
+
+
 async def test_ack_consumed_acks_and_counts_together(redis, job_keys):
     await dispatch(redis, job_keys, [task(job_keys, i) for i in range(3)])
     c = consumer(redis, job_keys, "rank0")

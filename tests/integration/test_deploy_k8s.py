@@ -427,6 +427,32 @@ def test_gpu_overlay_puts_rollout_and_learner_on_gpus(rendered):
             assert GPU not in c["resources"]["limits"], service
 
 
+def test_the_papers_job_fits_the_gpu_overlay(rendered):
+    """examples/jobs/qwen3-1.7b-math.yaml: the paper's setup, and a learner that can read its data."""
+    from asympo.spec import JobSpec
+
+    spec = JobSpec.load(ROOT / "examples" / "jobs" / "qwen3-1.7b-math.yaml")
+    algo = spec.algorithm
+    assert (spec.model.path, spec.verifier, algo.loss) == ("Qwen/Qwen3-1.7B-Base", "math", "asympo")
+    assert (algo.group_size, algo.prompts_per_step * algo.group_size, algo.lr) == (8, 512, 2e-6)
+    assert spec.sampling.max_new_tokens == 4096 and spec.eval.samples == 8 and spec.eval_engine() == "rollout"
+    assert algo.steps * algo.prompts_per_step >= 3 * 4000  # ~3 epochs of the 4k subset
+    assert "\\boxed{}" in spec.task.template.format(problem="1+1?")
+
+    r = rendered["gpu"]
+    learner = main_container(r.workload("learner"))
+    assert int(flag(learner, "nproc-per-node")) == spec.resources.learner_ranks
+    mounts = {m["mountPath"]: m for m in learner["volumeMounts"]}
+    for path in (spec.task.path, spec.task.heldout_path):
+        mount = next((m for root, m in mounts.items() if path.startswith(root + "/")), None)
+        assert mount is not None, f"{path} is on no volume of the learner"
+        volume = next(v for v in pod(r.workload("learner"))["volumes"] if v["name"] == mount["name"])
+        assert volume["persistentVolumeClaim"]["claimName"] == "asympo-datasets"
+    assert r.get("PersistentVolumeClaim", "asympo-datasets")["spec"]["accessModes"] == ["ReadWriteMany"]
+    rollout = main_container(r.workload("rollout"))
+    assert rollout["resources"]["limits"][GPU] == str(spec.resources.gpus_per_rollout_pod)
+
+
 def test_cpu_dev_needs_no_gpu_and_no_cluster_addons(rendered):
     r = rendered["cpu-dev"]
     assert GPU not in r.text and "nodeSelector" not in r.text

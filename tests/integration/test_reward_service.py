@@ -341,13 +341,19 @@ def test_sigterm_finishes_in_flight_work_and_exits_0():
     svc = Service("--workers", "1", "--grace-s", "10", env={"ASYMPO_REWARD_PLUGINS": PLUGIN})
     try:
         with RewardClient(svc.target, retries=0) as c, ThreadPoolExecutor(1) as pool:
-            in_flight = pool.submit(c.score, "test_sleep", ["1.5"], [""], 5)
-            time.sleep(0.5)
+            in_flight = pool.submit(c.score, "test_sleep", ["3"], [""], 10)
+            wait_for(lambda: svc.metric("asympo_reward_inflight_requests") == 1, 30)
             svc.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.2)
-            with pytest.raises(RewardServiceError):  # no new work once stopping
-                c.score("exact", ["1"], ["1"])
-            assert in_flight.result().pop().status == "ok"
+
+            def refused() -> bool:
+                try:
+                    c.score("exact", ["1"], ["1"])
+                except RewardServiceError:
+                    return True
+                return False
+
+            wait_for(refused, 30)  # no new work once stopping
+            assert in_flight.result().pop().status == "ok"  # the request in flight still finishes
         assert svc.proc.wait(20) == 0
     finally:
         svc.stop()
@@ -376,13 +382,13 @@ def test_sigterm_during_start_up_exits_0(phase):
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     out = ""
-    if phase == "importing":
-        time.sleep(0.3)  # importing the verifiers alone takes seconds
-    else:
-        while '"msg": "starting workers"' not in out:
-            line = proc.stdout.readline()
-            assert line, out
-            out += line
+    # "starting": settings read and the signal handlers in place; importing the verifiers comes next and
+    # takes seconds. "starting workers": the pool is being started.
+    marker = '"msg": "starting"' if phase == "importing" else '"msg": "starting workers"'
+    while marker not in out:
+        line = proc.stdout.readline()
+        assert line, out
+        out += line
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=30)
     out += rest

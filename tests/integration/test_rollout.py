@@ -5,6 +5,7 @@ and PromptTasks, and reads ScoredGroups back.
 """
 
 import asyncio
+import json
 import time
 
 import grpc
@@ -17,7 +18,7 @@ from asympo.models.hf_generate import hf_generate
 from asympo.proto.v1 import bus_pb2, rollout_pb2, rollout_pb2_grpc
 from asympo.records import JobRecord, list_pods, put_job
 from asympo.tasks import build_task, exact_match
-from asympo.weights import write_version
+from asympo.weights import MANIFEST, write_version
 
 from ..service_process import ServiceProcess
 
@@ -55,8 +56,15 @@ class Learner:
 
         return asyncio.run(go())
 
-    def publish_version(self, version, corrupt=False):
+    def publish_version(self, version, corrupt=False, wrong_probes=False):
         pv, path = write_version(self.store, self.keys.job_id, version, version, self.model, self.tokenizer)
+        if wrong_probes:
+            # The fingerprint is not part of the digest: the files verify, but the served log-probs
+            # will not match what the manifest claims, as with weights the engine failed to load.
+            manifest = json.loads((path / MANIFEST).read_text())
+            for probe in manifest["probes"]:
+                probe["logprobs"] = [lp - 0.5 for lp in probe["logprobs"]]
+            (path / MANIFEST).write_text(json.dumps(manifest))
         if corrupt:
             weights = path / "model.safetensors"
             data = bytearray(weights.read_bytes())
@@ -194,7 +202,12 @@ def test_vllm_pod_scores_groups_and_hot_reloads_verified_versions(learner, rewar
             max_new_tokens=6, greedy=True,
         )  # fmt: skip
         assert [list(o.completions[0].token_ids) for o in reply.outputs] == [g[0].token_ids for g in hf]
-        # New groups carry the new version.
+        # A version whose served probes do not match its fingerprint is refused; version 2 stays.
+        learner.publish_version(3, wrong_probes=True)
+        pod.wait_for_log("reload refused; still serving the previous version", version=3)
+        assert pod.metric("asympo_rollout_reload_failures_total", reason="probe") >= 1
+        assert stub.Status(rollout_pb2.RolloutStatusRequest()).served_version == 2
+        # New groups carry the version served.
         more = learner.dispatch(6, 2)
         newest = [g for g in learner.groups(8) if g.prompt_id in {t.prompt_id for t in more}]
         assert {g.gen_version_start for g in newest} == {2}
@@ -206,11 +219,16 @@ def test_vllm_pod_scores_groups_and_hot_reloads_verified_versions(learner, rewar
 
 
 def test_hf_pod_and_a_pod_killed_mid_batch_loses_no_prompt(learner, reward_service, tmp_path):
-    learner.publish_version(0)
     fast = ("--batch-prompts", "2", "--claim-idle-s", "2")
     doomed = start_pod(learner, reward_service, "hf", "pod-a", tmp_path, *fast)
     try:
+        # The pod follows the job before the learner has published anything: it waits, watching the job.
+        doomed.wait_for_log("following job")
+        learner.publish_version(0)
         learner.wait_pod("pod-a", lambda s: s.served_version == 0)
+        assert not [
+            r for r in doomed.records if r.get("msg") == "serving the job failed; looking for work again"
+        ]
         tasks = learner.dispatch(0, 40, group_size=16)
         deadline = time.monotonic() + 60
         while not learner.pending("pod-a") and time.monotonic() < deadline:
@@ -231,3 +249,31 @@ def test_hf_pod_and_a_pod_killed_mid_batch_loses_no_prompt(learner, reward_servi
         assert learner.pods()["pod-b"].engine == "hf"
     finally:
         assert survivor.stop() == 0
+
+
+def test_a_generation_slower_than_the_claim_idle_time_stays_with_its_pod(learner, reward_service, tmp_path):
+    """Two hf pods, claim_idle_s 0.4: a batch that takes seconds to generate is never taken over by the
+    idle peer (its pod renews the claim), so every prompt is generated exactly once."""
+    learner.publish_version(0)
+    idle_s = 0.4
+    flags = ("--batch-prompts", "24", "--claim-idle-s", str(idle_s))
+    pods = [start_pod(learner, reward_service, "hf", name, tmp_path, *flags) for name in ("pod-a", "pod-b")]
+    try:
+        for name in ("pod-a", "pod-b"):
+            learner.wait_pod(name, lambda s: s.served_version == 0)
+        tasks = learner.dispatch(0, 24, group_size=512)  # one batch of 12,288 completions
+        groups = learner.groups(24, timeout_s=600)
+        check_groups(groups, tasks, {"pod-a", "pod-b"})  # each prompt exactly once
+        (generate_s,) = {g.timings.generate_s for g in groups}
+        assert generate_s > 3 * idle_s, (
+            f"the batch generated in {generate_s:.2f} s: too fast to test the claim"
+        )
+        (holder,) = {g.pod for g in groups}
+        idle = pods[1] if holder == "pod-a" else pods[0]
+        # A peer that had reclaimed the idle-looking batch would have started on it long ago (the queue-wait
+        # metric is observed as a batch starts, before it is generated).
+        assert idle.metric("asympo_rollout_prompt_queue_wait_seconds_count") == 0
+        assert not learner.pending()
+    finally:
+        for pod in pods:
+            assert pod.stop() == 0

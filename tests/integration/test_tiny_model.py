@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from asympo.models.evaluate import greedy_accuracy
 from asympo.models.hf_generate import hf_generate
+from asympo.models.prompts import Prompter
 from asympo.models.tiny import MANIFEST, tiny_model_dir
 from asympo.tasks import build_task
 
@@ -38,7 +39,7 @@ def test_warm_start_reaches_about_the_target_on_heldout(tiny_model_path, example
     assert manifest["reached_target"] and manifest["sft_accuracy"] >= target
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
-    acc = greedy_accuracy(model, tok, build_task(example_spec.task).heldout(), max_new_tokens=6)
+    acc = greedy_accuracy(model, Prompter(tok), build_task(example_spec.task).heldout(), max_new_tokens=6)
     # "About" the target: the held-out set is not the SFT validation set, and accuracy jumps as SFT learns carries.
     assert target - 0.15 <= acc <= target + 0.2, acc
 

@@ -112,6 +112,11 @@ def test_gc_keeps_the_newest_and_version_zero(tmp_path, tiny):
     assert list_versions(tmp_path, "j") == [0, 4, 5]
     write_version(tmp_path, "j", 6, 6, model, tok, keep=2)
     assert list_versions(tmp_path, "j") == [0, 5, 6]
+    # A version superseded only moments ago may still be loading on a pod: it stays for the grace period.
+    write_version(tmp_path, "j", 7, 7, model, tok, keep=2, grace_s=3600)
+    assert list_versions(tmp_path, "j") == [0, 5, 6, 7]
+    assert gc_versions(tmp_path, "j", keep=2, grace_s=3600) == []
+    assert gc_versions(tmp_path, "j", keep=2) == [5]
 
 
 def test_chunks_cover_every_file_in_order(tmp_path, tiny):

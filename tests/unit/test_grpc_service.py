@@ -15,22 +15,29 @@ SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.Health
 
 
 class SlowReward(reward_pb2_grpc.RewardServiceServicer):
+    def __init__(self):
+        self.arrived = asyncio.Event()
+
     async def Score(self, request, context):
+        self.arrived.set()
         await asyncio.sleep(request.deadline_ms / 1000)
         return reward_pb2.ScoreResponse()
 
 
-async def started() -> GrpcServer:
+async def started(servicer: SlowReward | None = None) -> GrpcServer:
     server = GrpcServer("127.0.0.1", 0)
     server.add_service(
-        reward_pb2_grpc.add_RewardServiceServicer_to_server, SlowReward(), "asympo.v1.RewardService"
+        reward_pb2_grpc.add_RewardServiceServicer_to_server,
+        servicer or SlowReward(),
+        "asympo.v1.RewardService",
     )
     assert await server.start() == server.port > 0
     return server
 
 
 async def test_health_watch_sees_not_serving_and_in_flight_rpcs_finish():
-    server = await started()
+    servicer = SlowReward()
+    server = await started(servicer)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name in ["", "asympo.v1.RewardService"]:
@@ -40,7 +47,7 @@ async def test_health_watch_sees_not_serving_and_in_flight_rpcs_finish():
         slow = asyncio.ensure_future(reward_pb2_grpc.RewardServiceStub(channel).Score(
             reward_pb2.ScoreRequest(deadline_ms=300)
         ))  # fmt: skip
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(servicer.arrived.wait(), 30)  # in flight when the stop begins
         stopping = asyncio.ensure_future(server.stop(grace_s=5))
         assert (await watch.read()).status == NOT_SERVING
         watch.cancel()  # an open Watch stream is itself an in-flight RPC that would hold the grace period

@@ -1,4 +1,4 @@
-"""The protos: checked-in stubs are current, and the bus contract of ARCHITECTURE.md holds."""
+"""The protos: checked-in stubs are current, and the bus contract (docs/architecture.md, "Messages") holds."""
 
 import pickle
 
@@ -7,9 +7,9 @@ import pytest
 from asympo.proto import codegen
 from asympo.proto.v1 import bus_pb2, learner_pb2, reward_pb2, rollout_pb2
 
-# Field names and numbers fixed by ARCHITECTURE.md ("Messages"): tools outside the project read them.
+# Field names and numbers are a contract: tools outside the project read them.
 BUS_CONTRACT = {
-    "SamplingParams": {"max_new_tokens": 1, "temperature": 2, "top_p": 3, "seed": 4},
+    "SamplingParams": {"max_new_tokens": 1, "temperature": 2, "top_p": 3, "seed": 4, "stop_token_ids": 5},
     "PromptTask": {
         "job_id": 1, "prompt_id": 2, "prompt": 3, "prompt_token_ids": 4, "reference": 5,
         "group_size": 6, "sampling": 7, "dispatch_version": 8, "verifier": 9,
@@ -26,6 +26,16 @@ BUS_CONTRACT = {
         "job_id": 1, "version": 2, "uri": 3, "sha256": 4, "bytes": 5, "step": 6, "created_at": 7,
     },
     "ControlEvent": {"job_id": 1, "kind": 2, "key": 3, "value": 4},
+    # Held-out evaluation through the rollout pods (docs/architecture.md, "Evaluation").
+    "EvalPrompt": {"prompt_id": 1, "prompt_token_ids": 2, "reference": 3},
+    "EvalTask": {
+        "job_id": 1, "eval_id": 2, "version": 3, "step": 4, "prompts": 5, "greedy": 6, "samples": 7,
+        "sampling": 8, "verifier": 9, "chunks": 10,
+    },
+    "EvalResult": {
+        "job_id": 1, "eval_id": 2, "version": 3, "served_version": 4, "step": 5, "greedy_rewards": 6,
+        "sample_means": 7, "sample_best": 8, "chunks": 9, "pod": 10, "seconds": 11, "generated_tokens": 12,
+    },
 }  # fmt: skip
 
 

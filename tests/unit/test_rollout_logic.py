@@ -1,7 +1,5 @@
 """Rollout pod logic that needs no services: retry backoff, probe comparison, the hf engine."""
 
-import time
-
 import pytest
 import torch
 
@@ -12,22 +10,30 @@ from asympo.spec import TinyModelSpec
 from asympo.weights import Probe, VersionManifest
 from services.rollout.engines import GenRequest
 from services.rollout.engines.hf_engine import HfEngine
-from services.rollout.policy import RetryGate, probe_mismatch
+from services.rollout.policy import RetryGate
+from services.rollout.verify import probe_mismatch
 
 
 def test_retry_gate_backs_off_per_version():
-    gate = RetryGate(first_s=0.05, cap_s=0.2)
+    now = [100.0]
+    gate = RetryGate(first_s=0.05, cap_s=0.2, clock=lambda: now[0])
     v1 = bus_pb2.PolicyVersion(version=1, sha256="a")
     v1_other = bus_pb2.PolicyVersion(version=1, sha256="b")
     assert gate.ready(v1)
     gate.failed(v1)
     assert not gate.ready(v1) and gate.ready(v1_other)
-    time.sleep(0.06)
+    now[0] += 0.06
     assert gate.ready(v1)
     gate.failed(v1)
     assert not gate.ready(v1)  # the second wait is twice as long
-    time.sleep(0.06)
+    now[0] += 0.06
     assert not gate.ready(v1)
+    now[0] += 0.05
+    assert gate.ready(v1)
+    for _ in range(5):
+        gate.failed(v1)
+    now[0] += 0.2
+    assert gate.ready(v1)  # capped
 
 
 def _manifest(*probes):
@@ -41,6 +47,8 @@ def test_probe_mismatch_is_the_worst_token():
     assert probe_mismatch(m, [[-0.5, -1.0], [-2.0]]) == 0.0
     assert probe_mismatch(m, [[-0.5, -1.3], [-2.1]]) == pytest.approx(0.3)
     assert probe_mismatch(m, [[-0.5], [-2.0]]) == float("inf")
+    # A NaN served log-prob must never pass a tolerance check.
+    assert probe_mismatch(m, [[-0.5, float("nan")], [-2.0]]) == float("inf")
 
 
 @pytest.fixture(scope="module")

