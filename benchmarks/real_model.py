@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from asympo.bus import JobKeys, connect, decode  # noqa: E402
+from asympo.bus import JobKeys, read_all  # noqa: E402
 from asympo.client import GatewayClient  # noqa: E402
 from asympo.job_report import summarize  # noqa: E402
 from asympo.local import LocalStack, StackConfig  # noqa: E402
@@ -59,14 +59,6 @@ def _asympo(home: Path, *args: str, cache: Path | None = None) -> str:
     return proc.stdout
 
 
-async def _groups(url: str, job_id: str) -> list[bus_pb2.ScoredGroup]:
-    redis = connect(url)
-    try:
-        return [decode(f, bus_pb2.ScoredGroup) for _, f in await redis.xrange(JobKeys(job_id).groups)]
-    finally:
-        await redis.aclose()
-
-
 def run_job(spec: JobSpec, home: Path, gateway_port: int, engine: str, cache: Path | None) -> dict:
     """The job through the local stack; samples/s and the per-step split of its time (medians)."""
     _asympo(home, "up", "--gateway-port", str(gateway_port), "--engine", engine, cache=cache)
@@ -81,7 +73,7 @@ def run_job(spec: JobSpec, home: Path, gateway_port: int, engine: str, cache: Pa
             raise RuntimeError(f"the job ended {job['state']}: {job['message']}")
         records = client.metrics(job_id, last=10_000)
         summary = summarize(job, records, client.versions(job_id))
-        groups = asyncio.run(_groups(stack.redis_url(), job_id))
+        groups = asyncio.run(read_all(stack.redis_url(), JobKeys(job_id).groups, bus_pb2.ScoredGroup))
         log = [json.loads(line) for line in (home / "logs" / "rollout.log").read_text().splitlines()
                if line.startswith("{")]  # fmt: skip
         client.close()

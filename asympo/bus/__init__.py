@@ -6,7 +6,7 @@ from asympo.bus.dedup import SeenPrompts
 from asympo.bus.flow import Flow, admission_limit, dispatch, mark_consumed, read_flow
 from asympo.bus.keys import GROUP_LEARNER, GROUP_ROLLOUT, JOBS, QUEUE, JobKeys
 from asympo.bus.policy import newest_version
-from asympo.bus.streams import Delivery, StreamConsumer, publish
+from asympo.bus.streams import Delivery, StreamConsumer, publish, read_all
 
 __all__ = [
     "GROUP_LEARNER",
@@ -28,6 +28,7 @@ __all__ = [
     "mark_consumed",
     "newest_version",
     "publish",
+    "read_all",
     "read_flow",
     "redis_url",
 ]

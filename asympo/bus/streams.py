@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from redis.exceptions import ResponseError
 
 from asympo.bus.codec import EntryError, decode, encode
-from asympo.bus.connection import RETRYABLE
+from asympo.bus.connection import RETRYABLE, connect
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,15 @@ async def publish(
         for message in messages:
             pipe.xadd(stream, encode(message), maxlen=maxlen, approximate=True)
         return [_id(i) for i in await pipe.execute()]
+
+
+async def read_all(url: str, stream: str, message_type: type[Message]) -> list[Message]:
+    """Every entry still on a stream, decoded, oldest first (for reports, benchmarks and tests)."""
+    redis = connect(url)
+    try:
+        return [decode(f, message_type) for _, f in await redis.xrange(stream)]
+    finally:
+        await redis.aclose()
 
 
 async def undelivered(redis: aioredis.Redis, stream: str, group: str, limit: int = 100_000) -> int:

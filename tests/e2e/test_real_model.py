@@ -10,7 +10,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from asympo.bus import JobKeys, connect, decode
+from asympo.bus import JobKeys, read_all
 from asympo.models.prompts import Prompter
 from asympo.proto.v1 import bus_pb2
 from asympo.spec import JobSpec
@@ -27,14 +27,6 @@ def stack(tmp_path_factory, tiny_cache, smollm2_path):
     home = tmp_path_factory.mktemp("real-stack") / ".asympo"
     with running_stack(home, tiny_cache) as (s, client):
         yield s, client, home
-
-
-async def _groups(redis_url: str, job_id: str) -> list[bus_pb2.ScoredGroup]:
-    redis = connect(redis_url)
-    try:
-        return [decode(f, bus_pb2.ScoredGroup) for _, f in await redis.xrange(JobKeys(job_id).groups)]
-    finally:
-        await redis.aclose()
 
 
 async def test_smollm2_learns_a_few_steps_through_the_stack(stack, smollm2_path):
@@ -81,7 +73,7 @@ async def test_smollm2_learns_a_few_steps_through_the_stack(stack, smollm2_path)
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     prompter = Prompter.for_model(tokenizer, smollm2_path, spec.task)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    groups = await _groups(s.redis_url(), job_id)
+    groups = await read_all(s.redis_url(), JobKeys(job_id).groups, bus_pb2.ScoredGroup)
     assert len(groups) >= steps * 4
     stopped = 0
     for g in groups:

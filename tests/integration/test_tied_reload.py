@@ -2,6 +2,7 @@
 
 On CPU, vLLM serves a tied lm_head from a packed copy that `reload_weights` alone leaves stale. The
 engine refreshes it; the pod's checks refuse a head that was not refreshed, however small the update.
+After the reload vLLM and transformers agree: greedy tokens and text, prompt and sampled-token log-probs.
 """
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from asympo.models.hf_generate import hf_generate
+from asympo.models.logprobs import pack_responses, response_logprobs
 from asympo.models.tiny import tiny_model_dir
 from asympo.spec import TinyModelSpec
 from asympo.tasks import build_task
@@ -80,14 +82,23 @@ def test_tied_head_reloads_exactly_and_a_stale_head_is_refused(tied, tmp_path, e
         reference = hf_logprobs(model, tok, texts)
         worst = max(abs(a - b) for s, r in zip(served, reference) for a, b in zip(s, r))
         assert worst <= 1e-4, worst
-        prompts = [t.split("=")[0] + "=" for t in texts]
-        (vllm_greedy,) = [
-            engine.generate(
-                [GenRequest(tok(p).input_ids, n=1, max_new_tokens=6, temperature=0.0) for p in prompts]
-            )
-        ]
+        # Greedy decoding gives transformers' tokens and text, and the log-prob vLLM reports for each
+        # generated token is the learner's current-policy log-prob of it.
+        prompts = [p.prompt for p in build_task(example_spec.task).heldout()[:32]]
+        prompt_ids = [tok(p).input_ids for p in prompts]
+        vllm_greedy = engine.generate(
+            [GenRequest(ids, n=1, max_new_tokens=6, temperature=0.0, logprobs=True) for ids in prompt_ids]
+        )
         hf_greedy = hf_generate(model, tok, prompts, max_new_tokens=6, greedy=True)
-        assert [g[0].token_ids for g in vllm_greedy] == [g[0].token_ids for g in hf_greedy]
+        v_ids = [g[0].token_ids for g in vllm_greedy]
+        assert v_ids == [g[0].token_ids for g in hf_greedy]
+        assert [g[0].text for g in vllm_greedy] == [g[0].text for g in hf_greedy]
+        input_ids, attention, mask = pack_responses(prompt_ids, v_ids, tok.pad_token_id)
+        with torch.no_grad():
+            learner = response_logprobs(model, input_ids, attention)
+        for i, g in enumerate(vllm_greedy):
+            served_lp = torch.tensor(g[0].logprobs)
+            torch.testing.assert_close(learner[i][mask[i].bool()], served_lp, atol=1e-4, rtol=1e-4)
 
         # A learning-rate-sized update (1e-6 per element) reloaded without the head refresh: the probes
         # stay within their tolerance, but the head check sees the old head and refuses it.
