@@ -110,15 +110,15 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     split = result["job"]["step_split_seconds"]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(8.5, 3.2))
     left = 0.0
     for part in PARTS:
         ax.barh(["sum of the parts"], [split[part]], left=left, label=f"{part} {split[part]:.1f} s")
         left += split[part]
     ax.barh(["step (wall)"], [result["job"]["step_seconds_median"]], color="grey")
-    ax.set_xlabel("seconds (medians)")
-    ax.set_title(f"{result['model']}: one step on {os.cpu_count()} CPU cores (generation overlaps training)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel("seconds (medians); the pod generates the next groups while the learner trains")
+    ax.set_title(f"{result['model']}: one step on {result['cpus']} CPU cores", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
