@@ -374,6 +374,8 @@ class JobRun:
             await self._admit(batch)
             if time.monotonic() - last_check > self.settings.poll_s:
                 last_check = time.monotonic()
+                if self.world.is_main:  # a pause or cancel must not wait until slow pods deliver a step
+                    await self._apply_control_events()
                 job = await get_job(self.redis, self.job.job_id)
                 if self.stopping.is_set() or job is None or job.state != "running":
                     return False

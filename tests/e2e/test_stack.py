@@ -71,7 +71,7 @@ def test_a_job_over_rest_learns_with_a_rollout_pod_killed(stack):
     # one takes minutes, and the job would be over before the pod to kill had served anything.
     wait(client, job_id, lambda j: j["state"] == "running", 300)
     client.control(job_id, "pause")
-    wait(client, job_id, lambda j: j["state"] == "paused", 120)
+    wait(client, job_id, lambda j: j["state"] == "paused", 300)
 
     def engines_up(job):
         pods = client.pods(job_id)

@@ -244,12 +244,18 @@ async def test_pause_knob_resume_cancel(learner_run):
     run = learner_run(algorithm__max_staleness=2, algorithm__steps=500, eval__every=1000)
     await run.submit()
     learner = run.start_learner()
-    await run.start_sampler()
-    await run.wait_for(lambda j: j.step >= 3, 300)
 
     async def control(kind, key="", value=""):
         event = bus_pb2.ControlEvent(job_id=run.keys.job_id, kind=kind, key=key, value=value)
         await publish(run.redis, run.keys.control, [event])
+
+    # No sampler yet: the learner waits for groups that do not come, and still pauses and resumes.
+    await run.wait_for(lambda j: j.state == "running", 120)
+    await control("pause")
+    await run.wait_for(lambda j: j.state == "paused", 60)
+    await control("resume")
+    await run.start_sampler()
+    await run.wait_for(lambda j: j.step >= 3, 300)
 
     await control("pause")
     paused = await run.wait_for(lambda j: j.state == "paused", 60)
