@@ -1,4 +1,4 @@
-"""Group-relative advantages (ALGORITHM.md, "Advantages") and GPG's scaled variant.
+"""Group-relative advantages (docs/algorithm.md) and GPG's scaled variant.
 
 Rewards arrive as a [B, G] tensor: B prompts, G responses each.
 """

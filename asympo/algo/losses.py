@@ -1,6 +1,6 @@
-"""The policy losses of ALGORITHM.md: ASymPO and its baselines, read top to bottom.
+"""The policy losses (docs/algorithm.md): ASymPO and its baselines, read top to bottom.
 
-Notation (ALGORITHM.md): for response g of the batch with m_g response tokens,
+Notation: for response g of the batch with m_g response tokens,
     ℓ_{g,i} = log π_θ(a_{g,i} | x, a_{g,<i})      current-policy token log-prob
     S_g     = −(1/m_g) Σ_i ℓ_{g,i}                 mean token NLL, S_g > 0
     A_g                                           group-relative advantage, Σ_{g∈group} A_g = 0

@@ -1,4 +1,4 @@
-"""Proofs of the numbered facts of ALGORITHM.md, for every loss method.
+"""Proofs of the numbered facts of docs/algorithm.md, for every loss method.
 
 Batches are random with ragged masks; gradients from autograd are compared with the analytic column.
 """
