@@ -401,8 +401,22 @@ class RolloutPod:
         score_s = time.perf_counter() - t1
         self.metrics.reward_seconds.observe(score_s)
 
+        # Thousands of completions take a while to wrap; off the event loop, the claim keeps being renewed.
+        out = await asyncio.to_thread(
+            self._scored_groups, batch, requests, groups, rewards, t_start, (version_start, version_end),
+            bus_pb2.Timings(generate_s=gen_s, score_s=score_s), grpo,
+        )  # fmt: skip
+        await consumer.ack_and_publish([d.entry_id for d in batch], keys.groups, out)
+        self.metrics.groups.inc(len(out))
+        if self.status:
+            self.status.groups_published += len(out)
+        self.metrics.tokens_per_s.set(self.tokens_per_s())
+
+    def _scored_groups(self, batch, requests, groups, rewards, t_start, versions, timings, grpo):
+        """The batch's ScoredGroup messages: each task's completions with their rewards."""
         out = []
-        for d, task, request, group, scores in zip(batch, tasks, requests, groups, rewards):
+        for d, request, group, scores in zip(batch, requests, groups, rewards):
+            task = d.message
             queued = max(0.0, t_start - int(d.entry_id.split("-")[0]) / 1000)
             out.append(
                 bus_pb2.ScoredGroup(
@@ -420,17 +434,15 @@ class RolloutPod:
                         )  # fmt: skip
                         for s, r in zip(group, scores)
                     ],
-                    gen_version_start=version_start,
-                    gen_version_end=version_end,
+                    gen_version_start=versions[0],
+                    gen_version_end=versions[1],
                     pod=self.settings.pod,
-                    timings=bus_pb2.Timings(queued_s=queued, generate_s=gen_s, score_s=score_s),
+                    timings=bus_pb2.Timings(
+                        queued_s=queued, generate_s=timings.generate_s, score_s=timings.score_s
+                    ),
                 )
             )
-        await consumer.ack_and_publish([d.entry_id for d in batch], keys.groups, out)
-        self.metrics.groups.inc(len(out))
-        if self.status:
-            self.status.groups_published += len(out)
-        self.metrics.tokens_per_s.set(self.tokens_per_s())
+        return out
 
     def _request(self, task: bus_pb2.PromptTask, grpo: bool) -> GenRequest:
         ids = list(task.prompt_token_ids) or self.engine.tokenizer(task.prompt).input_ids

@@ -252,10 +252,10 @@ def test_hf_pod_and_a_pod_killed_mid_batch_loses_no_prompt(learner, reward_servi
 
 
 def test_a_generation_slower_than_the_claim_idle_time_stays_with_its_pod(learner, reward_service, tmp_path):
-    """Two hf pods, claim_idle_s 0.4: a batch that takes seconds to generate is never taken over by the
+    """Two hf pods, claim_idle_s 1 s: a batch that takes seconds to generate is never taken over by the
     idle peer (its pod renews the claim), so every prompt is generated exactly once."""
     learner.publish_version(0)
-    idle_s = 0.4
+    idle_s = 1.0
     flags = ("--batch-prompts", "24", "--claim-idle-s", str(idle_s))
     pods = [start_pod(learner, reward_service, "hf", name, tmp_path, *flags) for name in ("pod-a", "pod-b")]
     try:
