@@ -5,6 +5,8 @@ engine refreshes it; the pod's checks refuse a head that was not refreshed, howe
 After the reload vLLM and transformers agree: greedy tokens and text, prompt and sampled-token log-probs.
 """
 
+import multiprocessing
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,6 +71,7 @@ def test_tied_head_reloads_exactly_and_a_stale_head_is_refused(tied, tmp_path, e
     engine = VllmEngine(v0.path, max_model_len=64, kv_cache_gib=0.25)
     try:
         assert engine.dtype == "float32"
+        assert not multiprocessing.active_children()  # on CPU vLLM runs in this process, nothing spawned
         check_served(engine, v0, None)
 
         # A change far beyond the probe tolerance: the served head must follow it exactly.

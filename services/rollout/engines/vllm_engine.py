@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from pathlib import Path
 
 from .base import EngineError, GenRequest, GenSample
@@ -52,6 +53,11 @@ class VllmEngine:
             ) from exc
         self._sampling_params = SamplingParams
         on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            # On CPU the engine core and its worker would each be a spawned process re-importing vLLM
+            # (tens of seconds per engine start); in the pod's process they start at once. GPUs keep
+            # vLLM's default, where the engine core schedules beside the caller. An explicit setting wins.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if enforce_eager is None:
             # CUDA graphs only exist on GPUs; capturing them costs start-up time for nothing elsewhere.
             enforce_eager = not on_gpu
