@@ -5,28 +5,25 @@ from __future__ import annotations
 import copy
 import string
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from asympo.spec_errors import SpecError, _problems, _Strict
+from asympo.task_spec import TINY_ALPHABET, ArithmeticTaskSpec, DatasetTaskSpec, TaskSpec
+
+__all__ = [
+    "SpecError",
+    "ArithmeticTaskSpec",
+    "DatasetTaskSpec",
+    "TaskSpec",
+    "TINY_ALPHABET",
+]  # also from here
 
 # The methods of asympo.algo.METHODS (a test keeps the two equal); spelled out here so that reading a
 # job spec never imports torch (the reward service and the gateway need no torch).
 LossName = Literal["asympo", "spo", "naive", "gpg", "grpo"]
-
-
-class SpecError(ValueError):
-    """A job spec that cannot be used; `problems` holds (field path, rule) pairs."""
-
-    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
-        self.problems = problems
-        where = f" in {source}" if source else ""
-        lines = "\n".join(f"  {path or '(top level)'}: {rule}" for path, rule in problems)
-        super().__init__(f"invalid job spec{where}:\n{lines}")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class TinyModelSpec(_Strict):
@@ -80,104 +77,6 @@ class ModelSpec(_Strict):
 
 
 # The tiny model's tokenizer has one token per character of this alphabet (asympo.models.tiny).
-TINY_ALPHABET = "0123456789+-*= "
-
-
-def _template_fields(template: str) -> set[str]:
-    try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as exc:
-        raise ValueError(f"template is not a valid format string: {exc}") from None
-
-
-class _PromptOptions(_Strict):
-    """How a task's prompt text reaches the model: as is, or as a user turn of its chat template."""
-
-    chat_template: bool = Field(
-        False, description="render each prompt as a user turn of the model's chat template"
-    )
-    system_prompt: str | None = Field(
-        None,
-        max_length=4096,
-        description="system turn (with chat_template); unset keeps the template's default",
-    )
-
-    @model_validator(mode="after")
-    def _system_needs_chat(self):
-        if self.system_prompt is not None and not self.chat_template:
-            raise ValueError("system_prompt needs chat_template: true")
-        return self
-
-
-class ArithmeticTaskSpec(_PromptOptions):
-    """Seeded synthetic arithmetic: operands of exactly `digits` digits, answers checked by exact match."""
-
-    kind: Literal["arithmetic"] = "arithmetic"
-    template: str = Field(
-        "{a}{op}{b}=", max_length=1024, description="the prompt, over the fields {a}, {op} and {b}"
-    )
-    digits: int = Field(2, ge=1, le=9)
-    operators: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"], min_length=1)
-    heldout_size: int = Field(200, ge=1, description="fixed held-out problems, never trained on")
-    seed: int = Field(0, description="seed of the held-out set; the job seed drives training order")
-
-    @field_validator("template")
-    @classmethod
-    def _known_fields(cls, template: str) -> str:
-        fields = _template_fields(template)
-        if not {"a", "b"} <= fields or not fields <= {"a", "op", "b"}:
-            raise ValueError(
-                f"template must use {{a}} and {{b}} (and may use {{op}}), got fields {sorted(fields)}"
-            )
-        return template
-
-    @field_validator("operators")
-    @classmethod
-    def _unique(cls, ops: list[str]) -> list[str]:
-        if len(set(ops)) != len(ops):
-            raise ValueError(f"operators must not repeat, got {ops}")
-        return ops
-
-    @model_validator(mode="after")
-    def _enough_problems(self) -> ArithmeticTaskSpec:
-        lo = 0 if self.digits == 1 else 10 ** (self.digits - 1)
-        space = (10**self.digits - lo) ** 2 * len(self.operators)
-        if self.heldout_size > space // 2:
-            raise ValueError(
-                f"heldout_size ({self.heldout_size}) must leave most of the {space} problems for training"
-            )
-        return self
-
-
-class DatasetTaskSpec(_PromptOptions):
-    """Prompts and reference answers from a JSONL / Parquet file or a Hugging Face dataset name."""
-
-    kind: Literal["dataset"] = "dataset"
-    path: str = Field(min_length=1, description=".jsonl/.json/.parquet file, or a Hugging Face dataset name")
-    split: str = "train"
-    subset: str | None = Field(None, description="Hugging Face dataset configuration name")
-    prompt_field: str = "question"
-    answer_field: str = "answer"
-    id_field: str | None = None
-    template: str = Field("{question}", description="Python format string over the record's fields")
-    heldout_path: str | None = Field(
-        None, description="held-out file or split; else split off the training data"
-    )
-    heldout_split: str | None = None
-    heldout_size: int = Field(200, ge=1)
-    limit: int | None = Field(None, ge=1, description="use only the first `limit` records")
-
-    @field_validator("template")
-    @classmethod
-    def _has_field(cls, template: str) -> str:
-        if "{" not in template:
-            raise ValueError("template must reference at least one record field, e.g. '{question}'")
-        return template
-
-
-TaskSpec = Annotated[ArithmeticTaskSpec | DatasetTaskSpec, Field(discriminator="kind")]
-
-
 class LossOptions(_Strict):
     """Per-loss knobs; each may only be set for the loss that uses it."""
 
@@ -374,44 +273,6 @@ class JobSpec(_Strict):
                 node = node[part]
             node[parts[-1]] = value
         return JobSpec.from_data(data, "overrides")
-
-
-def _problems(exc: ValidationError, data: Any) -> list[tuple[str, str]]:
-    out = []
-    for err in exc.errors():
-        kind, msg = err["type"], err["msg"]
-        path = _user_path(err["loc"], data, missing=kind == "missing")
-        if kind == "extra_forbidden":
-            rule = "unknown field (not part of the job spec)"
-        elif kind == "missing":
-            rule = "required field is missing"
-        else:
-            rule = msg.removeprefix("Value error, ")
-            if (
-                "input" in err
-                and kind not in ("model_type", "dict_type")
-                and not isinstance(err["input"], dict)
-            ):
-                rule += f" (got {err['input']!r})"
-        out.append((path, rule))
-    return out
-
-
-def _user_path(loc: tuple, data: Any, missing: bool) -> str:
-    """The field path as the user wrote it: pydantic's union tags (e.g. 'arithmetic') are dropped."""
-    parts, node = [], data
-    for i, key in enumerate(loc):
-        names_missing_field = missing and i == len(loc) - 1
-        if isinstance(node, dict) and isinstance(key, str) and key not in node and not names_missing_field:
-            continue  # a discriminated-union tag, not a key the user wrote
-        parts.append(f"[{key}]" if isinstance(key, int) else key)
-        if isinstance(node, dict):
-            node = node.get(key)
-        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
-            node = node[key]
-        else:
-            node = None
-    return ".".join(parts).replace(".[", "[")
 
 
 # Fields a running job accepts changes to (REST PATCH, ControlEvent "set"), by short name.

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from asympo.bus.codec import encode
 from asympo.bus.keys import JobKeys
-from asympo.bus.streams import DEFAULT_MAXLEN
+from asympo.bus.stream_io import DEFAULT_MAXLEN
 
 
 @dataclass(frozen=True)

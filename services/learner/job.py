@@ -18,15 +18,11 @@ publishes the restored weights as the next version.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from asympo.bus import (
     GROUP_LEARNER,
@@ -35,55 +31,29 @@ from asympo.bus import (
     JobKeys,
     SeenPrompts,
     StreamConsumer,
-    newest_version,
-    publish,
     read_flow,
 )
 from asympo.bus.follow import StreamFollower
-from asympo.bus.streams import undelivered
+from asympo.bus.stream_io import undelivered
 from asympo.models.loading import load_policy, resolve_model_path
 from asympo.models.prompts import Prompter
 from asympo.proto.v1 import bus_pb2
-from asympo.records import FINAL_STATES, JobRecord, get_job, put_job
-from asympo.spec import SpecError, live_knob
-from asympo.weights import announcement, version_dir, write_version
+from asympo.records import JobRecord, get_job
 
 from . import distributed as D
-from .checkpoint import load_checkpoint, save_checkpoint
+from .commits import Progress, VersionCommits
+from .control import JobControl
 from .dispatcher import Dispatcher
 from .evaluation import LearnerEvaluation, RolloutEvaluation
 from .metrics import LearnerMetrics
 from .settings import LearnerSettings
+from .step_records import StepRecords
 from .trainer import Trainer, shard_model
 
 log = logging.getLogger(__name__)
 
-STEPS_MAXLEN = 100_000
 
-
-def _rank_of(consumer: str) -> int | None:
-    return int(consumer[4:]) if consumer.startswith("rank") and consumer[4:].isdigit() else None
-
-
-@dataclass
-class Decision:
-    """What every rank does next, decided by rank 0."""
-
-    action: str  # train | pause | stop
-    max_staleness: int
-    reason: str = ""
-
-
-@dataclass
-class Progress:
-    """Counters that survive in checkpoints."""
-
-    step: int = 0
-    version: int = 0
-    dropped: dict = field(default_factory=lambda: {"stale": 0, "duplicate": 0, "zero_variance": 0})
-
-
-class JobRun:
+class JobRun(JobControl, StepRecords, VersionCommits):
     """A job from load to finish on this rank."""
 
     def __init__(
@@ -186,126 +156,7 @@ class JobRun:
                 task.cancel()
             self.metrics.job_active.set(0)
 
-    async def _resume_or_start(self) -> None:
-        w = self.world
-        meta = await asyncio.to_thread(load_checkpoint, self.ckpt_dir, self.model, self.optimizer, w)
-        if meta is not None:
-            await self._complete_commit(meta)
-        # The checkpoint's groups are ACKed before any rank recovers its pending ones.
-        await asyncio.to_thread(D.barrier, w)
-        # Ranks beyond this world (a restart with fewer ranks) left pending groups: rank 0 adopts them.
-        orphans = []
-        if w.is_main:
-            orphans = [
-                c
-                for c in await self.consumer.consumers()
-                if _rank_of(c) is not None and _rank_of(c) >= w.size
-            ]
-        recovered = await self.consumer.recover_own(adopt=orphans)
-        self.buffer = recovered
-        if meta is not None:
-            self.progress = Progress(meta["step"], meta["version"], meta.get("dropped", Progress().dropped))
-            self.max_staleness = meta.get("max_staleness", self.max_staleness)
-            log.info(
-                "resumed from checkpoint",
-                extra={"step": meta["step"], "version": meta["version"], "pending_groups": len(recovered)},
-            )
-            newest = D.broadcast(await self._newest_published() if w.is_main else None, w)
-            if newest is not None and newest > self.progress.version:
-                # Versions after the checkpoint were published from steps now rolled back: continue the
-                # numbering with the restored weights instead of repeating a version.
-                self.progress.version = newest
-                await self._publish()
-            return
-        if w.is_main:
-            await self._set_state("starting")
-        newest = D.broadcast(await self._newest_published() if w.is_main else None, w)
-        if newest is None:
-            await self._publish(version=0)
-            if w.is_main and self.evaluation is not None:
-                # The step-0 record marks the job's start; the base model's accuracy is in it, or in an
-                # eval record once the pods have evaluated version 0.
-                record = {"step": 0, "version": 0, "time": time.time()}
-                record["heldout_accuracy"] = await self._evaluate(0, 0)
-                await self._write_record(record)
-        else:
-            # A restart before the first checkpoint: the base model is already out; start over from it.
-            self.progress.version = newest
-            await self._publish()
-        await self._checkpoint()
-
-    async def _newest_published(self) -> int | None:
-        pv = await newest_version(self.redis, self.keys)
-        return None if pv is None else pv.version
-
     # ---- control ---------------------------------------------------------------------------------
-
-    async def _decide(self) -> Decision:
-        decision = None
-        if self.world.is_main:
-            decision = await self._main_decision()
-        return await asyncio.to_thread(D.broadcast, decision, self.world)
-
-    async def _main_decision(self) -> Decision:
-        await self._apply_control_events()
-        job = await get_job(self.redis, self.job.job_id)
-        if self.stopping.is_set():
-            return Decision("stop", self.max_staleness, "shutdown")
-        if job is None or job.state == "cancelled":
-            return Decision("stop", self.max_staleness, "cancelled")
-        if job.state == "paused":
-            return Decision("pause", self.max_staleness)
-        return Decision("train", self.max_staleness)
-
-    async def _apply_control_events(self) -> None:
-        # On the first call the whole stream is read: earlier knob settings are re-applied (a restarted
-        # learner keeps them), earlier pause/resume/cancel are not (the job record holds their outcome).
-        replaying, self._replayed = not self._replayed, True
-        for event in await self.control.read():
-            await self._apply_event(event, replaying)
-
-    async def _apply_event(self, event: bus_pb2.ControlEvent, replaying: bool) -> None:
-        if event.kind == "set":
-            await self._apply_knob(event.key, event.value, persist=not replaying)
-            return
-        job = await get_job(self.redis, self.job.job_id)
-        if replaying or job is None:
-            return
-        if event.kind == "pause" and job.state == "running":
-            await self._set_state("paused")
-        elif event.kind == "resume" and job.state == "paused":
-            await self._set_state("running")
-        elif event.kind == "cancel" and job.state not in FINAL_STATES:
-            await self._set_state("cancelled")
-        elif event.kind not in ("pause", "resume", "cancel"):
-            log.warning("unknown control event kind ignored", extra={"kind": event.kind})
-
-    async def _apply_knob(self, key: str, value: str, persist: bool) -> None:
-        """Set a live knob (validated like the job spec) and, unless replaying, record it in the job's spec."""
-        try:
-            dotted = live_knob(key)
-            updated = self.spec.with_overrides({dotted: yaml.safe_load(value)})
-        except (SpecError, yaml.YAMLError) as exc:
-            log.warning("control event ignored", extra={"key": key, "value": value, "cause": str(exc)})
-            return
-        section = dotted.split(".")[0]
-        setattr(self.spec, section, getattr(updated, section))
-        self.max_staleness = self.spec.algorithm.max_staleness
-        if self.dispatcher is not None:
-            self.dispatcher.max_staleness = self.max_staleness
-        log.info("knob set", extra={"key": dotted, "value": value})
-        if persist:
-            job = await get_job(self.redis, self.job.job_id)
-            if job is not None:
-                setattr(job.spec, section, getattr(updated, section))
-                await put_job(self.redis, job)
-
-    async def _set_state(self, state: str, message: str = "") -> None:
-        job = await get_job(self.redis, self.job.job_id) or self.job
-        job.state, job.message = state, message or job.message
-        job.step, job.version = self.progress.step, self.progress.version
-        await put_job(self.redis, job)
-        self.job = job
 
     async def _dispatch_forever(self) -> None:
         while True:
@@ -417,156 +268,6 @@ class JobRun:
         if w.is_main:
             await self._write_step(record)
         return True
-
-    async def _write_version(self) -> tuple[bus_pb2.PolicyVersion | None, float]:
-        """Gather the full weights (all ranks) and write the next version to the store (rank 0), unannounced."""
-        t0 = time.perf_counter()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = await asyncio.to_thread(get_model_state_dict, self.model, options=options)
-        pv = None
-        if self.world.is_main:
-            self.publisher.load_state_dict(state)
-            # Numbers above the newest announced one are free: a directory there is a crashed attempt's.
-            pv, _ = await asyncio.to_thread(
-                write_version, self.settings.weight_store, self.job.job_id, self.progress.version + 1,
-                self.progress.step, self.publisher, self.tokenizer, keep=self.settings.keep_versions,
-                replace=True, grace_s=self.settings.version_grace_s,
-            )  # fmt: skip
-        return pv, time.perf_counter() - t0
-
-    async def _announce(self, pv: bus_pb2.PolicyVersion | None) -> None:
-        """XADD the written version (rank 0); from then on every rank dispatches and trains at it."""
-        if self.world.is_main:
-            await publish(self.redis, self.keys.policy, [pv])
-            self.metrics.version.set(pv.version)
-            log.info("published", extra={"version": pv.version, "step": pv.step, "bytes": pv.bytes})
-        await asyncio.to_thread(D.barrier, self.world)
-        # Only now: the dispatcher stamps tasks with this version, which pods must be able to load.
-        self.progress.version += 1
-
-    async def _publish(self, version: int | None = None) -> float:
-        """Write and announce the next version (or `version`) at once: start-up and resume."""
-        t0 = time.perf_counter()
-        if version is not None:
-            self.progress.version = version - 1
-        pv, _ = await self._write_version()
-        await self._announce(pv)
-        return time.perf_counter() - t0
-
-    async def _checkpoint(self, commit: dict | None = None) -> None:
-        t0 = time.perf_counter()
-        meta = {
-            "job_id": self.job.job_id, "step": self.progress.step, "version": self.progress.version,
-            "dropped": self.progress.dropped, "max_staleness": self.max_staleness, "created_at": time.time(),
-        }  # fmt: skip
-        if commit is not None:
-            meta["commit"] = commit
-            if commit["version"] is not None:
-                meta["version"] = commit["version"]  # what the step publishes, announced or not
-        await asyncio.to_thread(
-            save_checkpoint,
-            self.ckpt_dir,
-            self.model,
-            self.optimizer,
-            self.world,
-            meta,
-            self.settings.keep_checkpoints,
-        )
-        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
-
-    async def _complete_commit(self, meta: dict) -> None:
-        """Finish what the checkpoint's step had not: announce its version, ACK its groups, write its record."""
-        commit = meta.get("commit")
-        if not commit or not self.world.is_main:
-            return
-        newest = await self._newest_published()
-        if commit["version"] is not None and (newest is None or newest < commit["version"]):
-            path = version_dir(self.settings.weight_store, self.job.job_id, commit["version"])
-            await publish(self.redis, self.keys.policy, [await asyncio.to_thread(announcement, path)])
-            log.info("announced the checkpoint's version", extra={"version": commit["version"]})
-        await self.consumer.ack_consumed(commit["entries"])  # idempotent: only still-pending ones count
-        last = await self.redis.xrevrange(self.keys.steps, count=20)
-        written = {json.loads(f[b"json"]).get("step") for _, f in last}
-        if commit["record"] is not None and meta["step"] not in written:
-            await self._write_record(commit["record"])
-
-    def _step_record(self, stats: dict, trained: list, seconds: float, publish_s: float | None) -> dict:
-        """The step's record (rank 0), and its metrics."""
-        prompt_ids = [pid for ids, *_ in trained for pid in ids]
-        staleness = [s for _, st, *_ in trained for s in st]
-        generated = sum(n for _, _, n, _ in trained)
-        for s in staleness:
-            self.staleness_counts[s] = self.staleness_counts.get(s, 0) + 1
-            self.metrics.staleness.observe(s)
-        m = self.metrics
-        m.step.set(self.progress.step)
-        m.step_seconds.observe(seconds)
-        m.tokens_trained.inc(stats["tokens"])
-        m.tokens_per_s.set(stats["tokens"] / max(seconds, 1e-9))
-        m.groups_trained.inc(len(prompt_ids))
-        if publish_s is not None:
-            m.publish_seconds.observe(publish_s)
-        for gauge, key in ((m.loss, "loss"), (m.delta, "delta"), (m.balance_ratio, "R"), (m.reward_mean, "reward_mean"),
-                           (m.reward_std, "reward_std"), (m.accuracy, "accuracy"), (m.grad_norm, "grad_norm")):  # fmt: skip
-            if math.isfinite(stats.get(key, math.nan)):
-                gauge.set(stats[key])
-        return {
-            "step": self.progress.step, "version": self.progress.version + (publish_s is not None),
-            "time": time.time(), "seconds": seconds, "publish_seconds": publish_s, "prompt_ids": prompt_ids,
-            "staleness": staleness, "tokens_per_s": stats["tokens"] / max(seconds, 1e-9),
-            "dropped": dict(self.progress.dropped), "generated_tokens": generated,
-            "max_staleness": self.max_staleness, **stats,
-        }  # fmt: skip
-
-    async def _write_step(self, record: dict) -> None:
-        if self.spec.eval.every and self.progress.step % self.spec.eval.every == 0:
-            record["heldout_accuracy"] = await self._evaluate(self.progress.version, self.progress.step)
-        await self._write_record(record)
-        job = await get_job(self.redis, self.job.job_id)
-        if job is not None and job.state in ("running", "paused"):
-            job.step, job.version = self.progress.step, self.progress.version
-            await put_job(self.redis, job)
-
-    async def _write_record(self, record: dict) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        await self.redis.xadd(
-            self.keys.steps, {"json": json.dumps(clean)}, maxlen=STEPS_MAXLEN, approximate=True
-        )
-
-    async def _evaluate(self, version: int, step: int) -> float | None:
-        """Held-out accuracy of a published version: now (learner), or None and an eval record later (pods)."""
-        if isinstance(self.evaluation, LearnerEvaluation):
-            accuracy = await self.evaluation.accuracy()
-            self.metrics.heldout_accuracy.set(accuracy)
-            self.metrics.heldout_version.set(version)
-            return accuracy
-        if self.evaluation is not None:
-            await self.evaluation.request(version, step)
-        return None
-
-    async def _write_eval_records(self, records: list[dict]) -> None:
-        for record in records:
-            await self._write_record(record)
-            self.metrics.heldout_accuracy.set(record["heldout_accuracy"])
-            self.metrics.heldout_version.set(record["version"])
-            k = record.get("eval_samples")
-            if k:
-                self.metrics.heldout_mean_at_k.set(record[f"heldout_mean_at_{k}"])
-            log.info(
-                "evaluated", extra={k: v for k, v in record.items() if k.startswith(("heldout", "version"))}
-            )
-
-    async def _collect_evals_forever(self) -> None:
-        while True:
-            try:
-                await self._write_eval_records(await self.evaluation.collect())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("collecting evaluation results failed; retrying")
-            await asyncio.sleep(self.settings.poll_s)
 
     async def _finish(self) -> None:
         await self._checkpoint()

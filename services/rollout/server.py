@@ -8,8 +8,9 @@ import grpc
 
 from asympo.proto.v1 import bus_pb2, rollout_pb2, rollout_pb2_grpc
 
+from .batches import MAX_GROUP_SIZE
 from .engines import GenRequest
-from .pod import MAX_GROUP_SIZE, RolloutPod
+from .pod import RolloutPod
 
 SERVICE_NAME = rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name
 MAX_PROMPTS = 1024

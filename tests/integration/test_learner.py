@@ -19,7 +19,8 @@ from asympo.proto.v1 import bus_pb2, learner_pb2, learner_pb2_grpc
 from asympo.records import FINAL_STATES, JobRecord, get_job, put_job
 from asympo.reference.loop import run_reference
 from asympo.reference.sampler import ReferenceSampler
-from asympo.weights import fetch_version, read_manifest
+from asympo.weight_transfer import fetch_version
+from asympo.weights import read_manifest
 from tests.service_process import ServiceProcess
 
 pytestmark = pytest.mark.timeout(900)

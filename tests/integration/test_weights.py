@@ -11,15 +11,13 @@ from asympo.grpc_service import GrpcServer
 from asympo.models.tiny import build_model, build_tokenizer
 from asympo.proto.v1 import learner_pb2, learner_pb2_grpc
 from asympo.spec import TinyModelSpec
+from asympo.weight_transfer import fetch_version, fetch_weights_rpc, iter_weight_chunks
 from asympo.weights import (
     MANIFEST,
     WeightsError,
     compute_probes,
     directory_sha256,
-    fetch_version,
-    fetch_weights_rpc,
     gc_versions,
-    iter_weight_chunks,
     list_versions,
     local_path,
     read_manifest,

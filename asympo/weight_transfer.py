@@ -1,0 +1,122 @@
+"""Streaming a stored policy version over gRPC (LearnerService.FetchWeights): server side and pod side."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from asympo.proto.v1 import learner_pb2, learner_pb2_grpc
+from asympo.weights import CHUNK_BYTES, MANIFEST, WeightsError, _content_files, verify_version, version_dir
+
+
+def iter_weight_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[learner_pb2.WeightChunk]:
+    """Every file of a verified version, manifest included, as ordered chunks naming file and offset."""
+    path = Path(path)
+    manifest = verify_version(path)
+    for f in [*_content_files(path), path / MANIFEST]:
+        rel = f.relative_to(path).as_posix()
+        size = f.stat().st_size
+        with f.open("rb") as fh:
+            offset = 0
+            while True:
+                data = fh.read(chunk_bytes)
+                if data or offset == 0:
+                    yield learner_pb2.WeightChunk(
+                        path=rel, offset=offset, data=data, file_size=size, sha256=manifest.sha256,
+                        version=manifest.version,
+                    )  # fmt: skip
+                if len(data) < chunk_bytes:
+                    break
+                offset += len(data)
+
+
+async def fetch_weights_rpc(request: learner_pb2.FetchWeightsRequest, context, store: Path):
+    """The body of LearnerService.FetchWeights: stream a stored version, NOT_FOUND or DATA_LOSS otherwise."""
+    path = version_dir(store, request.job_id, request.version)
+    if not (path / MANIFEST).is_file():
+        await context.abort(
+            grpc.StatusCode.NOT_FOUND, f"version {request.version} of job {request.job_id} is not stored"
+        )
+    chunks = iter_weight_chunks(path)
+    while True:
+        try:
+            # Hashing and reading are blocking: keep them off the event loop.
+            chunk = await asyncio.to_thread(next, chunks, None)
+        except WeightsError as exc:
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+        if chunk is None:
+            return
+        yield chunk
+
+
+def _safe_relative(rel: str) -> Path:
+    p = Path(rel)
+    if not rel or p.is_absolute() or ".." in p.parts:
+        raise WeightsError(f"refusing chunk path {rel!r}: it must stay inside the version directory")
+    return p
+
+
+def fetch_version(
+    target: str,
+    job_id: str,
+    version: int,
+    dest_root: Path,
+    *,
+    expected_sha256: str | None = None,
+    timeout_s: float = 600.0,
+) -> Path:
+    """Stream a version from the learner into dest_root/{job}/v{version}, verified; partial downloads vanish."""
+    dest = version_dir(dest_root, job_id, version)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".v{version}.fetch-", dir=dest.parent))
+    try:
+        with grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 64 << 20)]
+        ) as channel:
+            stub = learner_pb2_grpc.LearnerServiceStub(channel)
+            request = learner_pb2.FetchWeightsRequest(job_id=job_id, version=version)
+            sizes: dict[str, int] = {}
+            handles = {}
+            try:
+                for chunk in stub.FetchWeights(request, timeout=timeout_s):
+                    rel = _safe_relative(chunk.path)
+                    written = sizes.get(chunk.path, 0)
+                    if chunk.offset != written:
+                        raise WeightsError(
+                            f"{chunk.path}: chunk at offset {chunk.offset}, expected {written}"
+                        )
+                    if chunk.path not in handles:
+                        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                        handles[chunk.path] = (tmp / rel).open("wb")
+                    handles[chunk.path].write(chunk.data)
+                    sizes[chunk.path] = written + len(chunk.data)
+            finally:
+                for fh in handles.values():
+                    fh.close()
+        if MANIFEST not in sizes:
+            raise WeightsError(f"the learner at {target} sent no {MANIFEST}")
+        for f in tmp.rglob("*"):
+            if f.is_file() and f.stat().st_size != sizes.get(f.relative_to(tmp).as_posix(), -1):
+                raise WeightsError(f"{f.name}: size differs from what was announced")
+        verify_version(tmp, expected_sha256)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.rename(tmp, dest)
+        return dest
+    except grpc.RpcError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = f"the learner at {target}"
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            raise WeightsError(f"{where} is unreachable: {exc.details()}") from None
+        raise WeightsError(
+            f"{where} could not send version {version}: {exc.code().name}: {exc.details()}"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,168 @@
+"""One batch on a rollout pod: generate each task's group, score it through the reward service, publish the scored groups and ACK the tasks together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from asympo.bus import (
+    Delivery,
+    JobKeys,
+    StreamConsumer,
+    encode,
+)
+from asympo.proto.v1 import bus_pb2
+from services.reward.client import RewardServiceError
+
+from .engines import EngineError, GenRequest, GenSample
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP_SIZE = 1024
+
+
+class BatchProcessing:
+    """One batch on a rollout pod (a part of RolloutPod)."""
+
+    async def _process(self, consumer: StreamConsumer, keys: JobKeys, batch: list[Delivery]) -> None:
+        usable = []
+        for d in batch:
+            reason = self._unusable(d.message)
+            if reason:
+                self.metrics.prompts_dead.inc()
+                await consumer.dead_letter(d.entry_id, encode(d.message), reason)
+            else:
+                usable.append(d)
+        if not usable:
+            return
+        try:
+            async with consumer.holding([d.entry_id for d in usable]):
+                await self._process_batch(consumer, keys, usable)
+        except (EngineError, ValueError, RuntimeError) as exc:
+            if len(usable) == 1:
+                # Left un-ACKed: redelivered until max_deliveries, then dead-lettered with the reason.
+                log.error(
+                    "a prompt failed in the engine", extra={"entry": usable[0].entry_id, "cause": str(exc)}
+                )
+                return
+            # Find the poison: alone, each good task goes through and only the bad one keeps failing.
+            log.warning(
+                "a batch failed in the engine; retrying its tasks one by one", extra={"cause": str(exc)}
+            )
+            for d in usable:
+                await self._process(consumer, keys, [d])
+
+    def _unusable(self, task: bus_pb2.PromptTask) -> str | None:
+        if not task.prompt and not task.prompt_token_ids:
+            return "prompt task has neither prompt nor prompt_token_ids"
+        if not 1 <= task.group_size <= MAX_GROUP_SIZE:
+            return f"group_size {task.group_size} outside 1..{MAX_GROUP_SIZE}"
+        if task.sampling.max_new_tokens < 0:
+            return f"negative max_new_tokens {task.sampling.max_new_tokens}"
+        return None
+
+    async def _process_batch(self, consumer: StreamConsumer, keys: JobKeys, batch: list[Delivery]) -> None:
+        t_start = time.time()
+        tasks = [d.message for d in batch]
+        for d in batch:
+            self.metrics.queue_wait.observe(max(0.0, t_start - int(d.entry_id.split("-")[0]) / 1000))
+        grpo = self.job is not None and self.job.spec.algorithm.loss == "grpo"
+        requests = [self._request(t, grpo) for t in tasks]
+        async with self.engine_lock:
+            version_start = self.served.version
+            t0 = time.perf_counter()
+            groups = await asyncio.to_thread(self.engine.generate, requests)
+            gen_s = time.perf_counter() - t0
+            version_end = self.served.version
+        self.metrics.generate_seconds.observe(gen_s)
+        n_tokens = sum(len(s.token_ids) for g in groups for s in g)
+        self.metrics.tokens.inc(n_tokens)
+        self._tokens_window.append((time.monotonic(), n_tokens))
+
+        t1 = time.perf_counter()
+        try:
+            rewards = await asyncio.gather(*(self._score(t, g) for t, g in zip(tasks, groups)))
+        except RewardServiceError as exc:
+            # Leave the tasks un-ACKed: they are reclaimed (by a peer or this pod) once idle, by then
+            # hopefully with a reward service back.
+            self.metrics.reward_failures.inc()
+            log.error(
+                "reward service failed; tasks left for retry", extra={"cause": str(exc), "tasks": len(batch)}
+            )
+            await self._sleep(min(self.settings.claim_idle_s, 5.0))
+            return
+        score_s = time.perf_counter() - t1
+        self.metrics.reward_seconds.observe(score_s)
+
+        # Thousands of completions take a while to wrap; off the event loop, the claim keeps being renewed.
+        out = await asyncio.to_thread(
+            self._scored_groups, batch, requests, groups, rewards, t_start, (version_start, version_end),
+            bus_pb2.Timings(generate_s=gen_s, score_s=score_s), grpo,
+        )  # fmt: skip
+        await consumer.ack_and_publish([d.entry_id for d in batch], keys.groups, out)
+        self.metrics.groups.inc(len(out))
+        if self.status:
+            self.status.groups_published += len(out)
+        self.metrics.tokens_per_s.set(self.tokens_per_s())
+
+    def _scored_groups(self, batch, requests, groups, rewards, t_start, versions, timings, grpo):
+        """The batch's ScoredGroup messages: each task's completions with their rewards."""
+        out = []
+        for d, request, group, scores in zip(batch, requests, groups, rewards):
+            task = d.message
+            queued = max(0.0, t_start - int(d.entry_id.split("-")[0]) / 1000)
+            out.append(
+                bus_pb2.ScoredGroup(
+                    job_id=task.job_id,
+                    prompt_id=task.prompt_id,
+                    prompt_token_ids=request.prompt_token_ids,
+                    completions=[
+                        bus_pb2.Completion(
+                            token_ids=s.token_ids,
+                            text=s.text,
+                            reward=r.reward,
+                            finish_reason=s.finish_reason,
+                            reward_status=r.status,
+                            behavior_logprobs=s.logprobs if grpo else [],
+                        )  # fmt: skip
+                        for s, r in zip(group, scores)
+                    ],
+                    gen_version_start=versions[0],
+                    gen_version_end=versions[1],
+                    pod=self.settings.pod,
+                    timings=bus_pb2.Timings(
+                        queued_s=queued, generate_s=timings.generate_s, score_s=timings.score_s
+                    ),
+                )
+            )
+        return out
+
+    def _request(self, task: bus_pb2.PromptTask, grpo: bool) -> GenRequest:
+        ids = list(task.prompt_token_ids) or self.engine.tokenizer(task.prompt).input_ids
+        sp = task.sampling
+        return GenRequest(
+            prompt_token_ids=ids,
+            n=max(1, task.group_size),
+            max_new_tokens=sp.max_new_tokens or 256,
+            temperature=sp.temperature if sp.temperature > 0 else 1.0,
+            top_p=sp.top_p if 0 < sp.top_p <= 1 else 1.0,
+            seed=sp.seed,
+            logprobs=grpo,
+            stop_token_ids=tuple(sp.stop_token_ids),
+        )
+
+    async def _score(self, task: bus_pb2.PromptTask, group: list[GenSample]):
+        verifier = task.verifier or (self.job.spec.verifier if self.job else "exact")
+        return await self.reward.score(
+            verifier, [s.text for s in group], [task.reference] * len(group), self.settings.reward_deadline_s
+        )
+
+    def tokens_per_s(self, window_s: float = 30.0) -> float:
+        """Generated tokens per second over the last window."""
+        now = time.monotonic()
+        self._tokens_window = [(t, n) for t, n in self._tokens_window if now - t <= window_s]
+        if not self._tokens_window:
+            return 0.0
+        span = max(1.0, now - self._tokens_window[0][0])
+        return sum(n for _, n in self._tokens_window) / span
