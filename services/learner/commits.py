@@ -8,10 +8,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from asympo.bus import (
-    newest_version,
-    publish,
-)
+from asympo.bus import newest_version, publish
 from asympo.proto.v1 import bus_pb2
 from asympo.weights import announcement, version_dir, write_version
 

@@ -6,10 +6,7 @@ import asyncio
 import logging
 import time
 
-from asympo.bus import (
-    JobKeys,
-    newest_version,
-)
+from asympo.bus import JobKeys, newest_version
 from asympo.proto.v1 import bus_pb2
 from asympo.records import put_pod
 
