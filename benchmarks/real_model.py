@@ -142,11 +142,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--gateway-port", type=int, default=8765)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "real_model.json")
     args = p.parse_args(argv)
+    # Versions, checkpoints and engine caches take gigabytes: nothing stays behind in /tmp.
+    with tempfile.TemporaryDirectory(prefix="asympo-bench-real-") as work:
+        return measure(args, argv, Path(work))
+
+
+def measure(args: argparse.Namespace, argv: list[str] | None, work: Path) -> dict:
+    """Run the benchmark with its scratch files under work."""
     spec = JobSpec.load(args.job).with_overrides(
         {"algorithm.steps": args.steps, "eval.every": args.steps, "checkpoint.every": 0}
     )
     model_dir = resolve_model_path(spec, args.model_cache)  # a gguf: model is imported once, into the cache
-    work = Path(tempfile.mkdtemp(prefix="asympo-bench-real-"))
     print("1/3 the job through the local stack", file=sys.stderr)
     job = run_job(spec, work / "home", args.gateway_port, args.engine, args.model_cache)
     print("2/3 generation: pod vs vLLM direct", file=sys.stderr)

@@ -127,7 +127,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rollout.json")
     args = p.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="asympo-bench-rollout-"))
+    # Versions, checkpoints and engine caches take gigabytes: nothing stays behind in /tmp.
+    with tempfile.TemporaryDirectory(prefix="asympo-bench-rollout-") as work:
+        return measure(args, argv, Path(work))
+
+
+def measure(args: argparse.Namespace, argv: list[str] | None, work: Path) -> dict:
+    """Run the benchmark with its scratch files under work."""
     spec = JobSpec.load(args.job)
     args.max_new_tokens = args.max_new_tokens or spec.sampling.max_new_tokens
     model_dir = resolve_model_path(spec, args.model_cache, progress=False)
