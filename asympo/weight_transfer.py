@@ -82,6 +82,7 @@ def fetch_version(
             stub = learner_pb2_grpc.LearnerServiceStub(channel)
             request = learner_pb2.FetchWeightsRequest(job_id=job_id, version=version)
             sizes: dict[str, int] = {}
+            announced: dict[str, int] = {}
             handles = {}
             try:
                 for chunk in stub.FetchWeights(request, timeout=timeout_s):
@@ -90,6 +91,10 @@ def fetch_version(
                     if chunk.offset != written:
                         raise WeightsError(
                             f"{chunk.path}: chunk at offset {chunk.offset}, expected {written}"
+                        )
+                    if announced.setdefault(chunk.path, chunk.file_size) != chunk.file_size:
+                        raise WeightsError(
+                            f"{chunk.path}: announced as {announced[chunk.path]} bytes, then as {chunk.file_size}"
                         )
                     if chunk.path not in handles:
                         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -101,9 +106,11 @@ def fetch_version(
                     fh.close()
         if MANIFEST not in sizes:
             raise WeightsError(f"the learner at {target} sent no {MANIFEST}")
-        for f in tmp.rglob("*"):
-            if f.is_file() and f.stat().st_size != sizes.get(f.relative_to(tmp).as_posix(), -1):
-                raise WeightsError(f"{f.name}: size differs from what was announced")
+        for name, received in sizes.items():
+            if received != announced[name]:
+                raise WeightsError(
+                    f"{name}: announced {announced[name]} bytes, received {received} (the stream was cut short?)"
+                )
         verify_version(tmp, expected_sha256)
         if dest.exists():
             shutil.rmtree(dest)

@@ -144,6 +144,17 @@ class _Evil(learner_pb2_grpc.LearnerServiceServicer):
         yield learner_pb2.WeightChunk(path="../../escape.txt", offset=0, data=b"x", file_size=1)
 
 
+class _Truncating(_Learner):
+    """Streams a stored version but leaves out the last chunk of the weights file."""
+
+    async def FetchWeights(self, request, context):
+        chunks = [c async for c in fetch_weights_rpc(request, context, self.store)]
+        last = max(i for i, c in enumerate(chunks) if c.path == "model.safetensors")
+        for i, chunk in enumerate(chunks):
+            if i != last:
+                yield chunk
+
+
 def _serve(servicer, fn):
     async def go():
         server = GrpcServer("127.0.0.1", 0)
@@ -170,13 +181,15 @@ def test_fetch_over_grpc(tmp_path, tiny):
 
     with pytest.raises(WeightsError, match="NOT_FOUND"):
         _serve(_Learner(store), lambda t: fetch_version(t, "j", 9, dest))
+    with pytest.raises(WeightsError, match=r"model.safetensors: announced \d+ bytes, received \d+"):
+        _serve(_Truncating(store), lambda t: fetch_version(t, "j", 2, tmp_path / "pod4"))
     flip_byte(path / "model.safetensors")
     with pytest.raises(WeightsError, match="DATA_LOSS"):
         _serve(_Learner(store), lambda t: fetch_version(t, "j", 2, tmp_path / "pod2"))
     with pytest.raises(WeightsError, match="refusing chunk path"):
         _serve(_Evil(), lambda t: fetch_version(t, "j", 2, tmp_path / "pod3"))
     assert not (tmp_path / "escape.txt").exists()
-    for root in (tmp_path / "pod2", tmp_path / "pod3"):
+    for root in (tmp_path / "pod2", tmp_path / "pod3", tmp_path / "pod4"):
         assert not [p for p in (root / "j").iterdir()], "partial download left behind"
 
 
