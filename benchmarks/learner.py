@@ -42,12 +42,12 @@ from transformers.utils import logging as transformers_logging  # noqa: E402
 from asympo.algo import group_advantages, policy_loss, token_logprobs  # noqa: E402
 from asympo.bus import JobKeys, connect, publish  # noqa: E402
 from asympo.bus.local_redis import start_redis  # noqa: E402
+from asympo.jobs.spec import AlgorithmSpec, TinyModelSpec  # noqa: E402
 from asympo.models.loading import load_policy  # noqa: E402
-from asympo.models.logprobs import pack_responses  # noqa: E402
+from asympo.models.response_logprobs import pack_responses  # noqa: E402
 from asympo.models.tiny import build_model, build_tokenizer  # noqa: E402
 from asympo.proto.v1 import bus_pb2  # noqa: E402
-from asympo.spec import AlgorithmSpec, TinyModelSpec  # noqa: E402
-from asympo.weights import write_version  # noqa: E402
+from asympo.weights.store import write_version  # noqa: E402
 from services.learner.distributed import init_world, shutdown  # noqa: E402
 from services.learner.trainer import Trainer, shard_model  # noqa: E402
 

@@ -32,13 +32,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from asympo.bus import JobKeys, read_all  # noqa: E402
-from asympo.client import GatewayClient  # noqa: E402
-from asympo.job_report import summarize  # noqa: E402
-from asympo.local import LocalStack, StackConfig  # noqa: E402
+from asympo.cli.client import GatewayClient  # noqa: E402
+from asympo.cli.local_stack import LocalStack, StackConfig  # noqa: E402
+from asympo.cli.report import summarize  # noqa: E402
+from asympo.jobs.spec import JobSpec  # noqa: E402
 from asympo.models.loading import resolve_model_path  # noqa: E402
 from asympo.models.prompts import Prompter  # noqa: E402
 from asympo.proto.v1 import bus_pb2  # noqa: E402
-from asympo.spec import JobSpec  # noqa: E402
 from asympo.tasks import build_task  # noqa: E402
 from benchmarks import learner as learner_bench  # noqa: E402
 from benchmarks import rollout as rollout_bench  # noqa: E402
@@ -52,7 +52,7 @@ def _asympo(home: Path, *args: str, cache: Path | None = None) -> str:
         env["ASYMPO_LEARNER_MODEL_CACHE"] = str(cache)
     env.pop("ASYMPO_API_TOKEN", None)
     env.pop("ASYMPO_REDIS_URL", None)
-    proc = subprocess.run([sys.executable, "-m", "asympo.cli", *args], cwd=REPO, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "asympo.cli.app", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1800)  # fmt: skip
     if proc.returncode:
         raise RuntimeError(f"asympo {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

@@ -32,13 +32,13 @@ sys.path.insert(0, str(REPO))
 
 from asympo.bus import JobKeys, connect, dispatch, publish  # noqa: E402
 from asympo.bus.local_redis import start_redis  # noqa: E402
+from asympo.jobs.records import JobRecord, list_pods, put_job  # noqa: E402
+from asympo.jobs.spec import JobSpec  # noqa: E402
 from asympo.models.loading import load_policy, resolve_model_path  # noqa: E402
 from asympo.models.prompts import Prompter  # noqa: E402
 from asympo.proto.v1 import bus_pb2  # noqa: E402
-from asympo.records import JobRecord, list_pods, put_job  # noqa: E402
-from asympo.spec import JobSpec  # noqa: E402
 from asympo.tasks import build_task  # noqa: E402
-from asympo.weights import write_version  # noqa: E402
+from asympo.weights.store import write_version  # noqa: E402
 from services.rollout.engines import GenRequest, make_engine  # noqa: E402
 from tests.service_process import ServiceProcess  # noqa: E402
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from asympo.spec import JobSpec
+from asympo.jobs.spec import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_JOB = REPO / "examples" / "jobs" / "arith-tiny.yaml"

@@ -5,7 +5,7 @@ from asympo.bus.connection import connect, redis_url
 from asympo.bus.dedup import SeenPrompts
 from asympo.bus.flow import Flow, admission_limit, dispatch, mark_consumed, read_flow
 from asympo.bus.keys import GROUP_LEARNER, GROUP_ROLLOUT, JOBS, QUEUE, JobKeys
-from asympo.bus.policy import newest_version
+from asympo.bus.policy_stream import newest_version
 from asympo.bus.stream_io import publish, read_all
 from asympo.bus.streams import Delivery, StreamConsumer
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from asympo.spec import GGUF_PREFIX, ArithmeticTaskSpec, JobSpec
+from asympo.jobs.spec import GGUF_PREFIX, ArithmeticTaskSpec, JobSpec
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asympo.spec import ArithmeticTaskSpec, DatasetTaskSpec
+from asympo.jobs.spec import ArithmeticTaskSpec, DatasetTaskSpec
 
 
 class PromptError(ValueError):

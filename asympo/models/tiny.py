@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from asympo.jobs.spec import TINY_ALPHABET, ArithmeticTaskSpec, JobSpec, TinyModelSpec
 from asympo.models.evaluate import greedy_accuracy
 from asympo.models.prompts import Prompter
-from asympo.spec import TINY_ALPHABET, ArithmeticTaskSpec, JobSpec, TinyModelSpec
 from asympo.tasks import ArithmeticTask
 from asympo.tasks.base import Problem
 

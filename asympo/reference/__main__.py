@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from asympo.algo import METHODS
+from asympo.jobs.spec import JobSpec, SpecError
 from asympo.reference.loop import RunResult, run_reference
 from asympo.reference.report import aggregate, plot_runs, run_log, summary_table, write_json
-from asympo.spec import JobSpec, SpecError
 
 
 def _csv(kind, values: str) -> list:

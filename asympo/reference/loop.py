@@ -21,12 +21,12 @@ import torch
 from tqdm import tqdm
 
 from asympo.algo import gpg_advantages, group_advantages, policy_loss
+from asympo.jobs.spec import JobSpec
 from asympo.models.evaluate import greedy_accuracy
 from asympo.models.hf_generate import hf_generate_ids
 from asympo.models.loading import load_policy, pick_device, resolve_model_path
-from asympo.models.logprobs import pack_responses, response_logprobs, response_start
 from asympo.models.prompts import Prompter
-from asympo.spec import JobSpec
+from asympo.models.response_logprobs import pack_responses, response_logprobs, response_start
 from asympo.tasks import build_task, exact_match
 
 T = TypeVar("T")

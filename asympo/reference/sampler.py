@@ -16,11 +16,11 @@ import redis.asyncio as aioredis
 from safetensors.torch import load_file
 
 from asympo.bus import GROUP_ROLLOUT, JobKeys, StreamConsumer, newest_version
+from asympo.jobs.records import FINAL_STATES, JobRecord, get_job
 from asympo.models.hf_generate import hf_generate_ids
 from asympo.models.loading import load_policy
 from asympo.proto.v1 import bus_pb2
-from asympo.records import FINAL_STATES, JobRecord, get_job
-from asympo.weights import local_path, verify_version
+from asympo.weights.store import local_path, verify_version
 
 from .loop import VERIFIERS
 

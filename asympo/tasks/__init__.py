@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from asympo.spec import ArithmeticTaskSpec, DatasetTaskSpec
+from asympo.jobs.spec import ArithmeticTaskSpec, DatasetTaskSpec
 from asympo.tasks.answers import exact_match, normalize_answer
 from asympo.tasks.arithmetic import ArithmeticTask
 from asympo.tasks.base import Problem, Task

@@ -7,7 +7,7 @@ import random
 import string
 from collections.abc import Iterator
 
-from asympo.spec import ArithmeticTaskSpec
+from asympo.jobs.spec import ArithmeticTaskSpec
 from asympo.tasks.base import Problem
 
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from asympo.spec import DatasetTaskSpec
+from asympo.jobs.spec import DatasetTaskSpec
 from asympo.tasks.base import Problem
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from asympo.service_settings import run_service
+from asympo.runtime.settings import run_service
 
 from .settings import load_settings
 

@@ -23,9 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from asympo.bus import QUEUE, EntryError, JobKeys, connect, decode, publish
+from asympo.jobs.records import FINAL_STATES, JobRecord, active_job, get_job, list_jobs, list_pods, put_job
+from asympo.jobs.spec import JobSpec, SpecError, live_knob
 from asympo.proto.v1 import bus_pb2
-from asympo.records import FINAL_STATES, JobRecord, active_job, get_job, list_jobs, list_pods, put_job
-from asympo.spec import JobSpec, SpecError, live_knob
 
 from .settings import GatewaySettings
 

@@ -7,8 +7,8 @@ import os
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from asympo.service_settings import LogLevel
-from asympo.service_settings import load_settings as load_service_settings
+from asympo.runtime.settings import LogLevel
+from asympo.runtime.settings import load_settings as load_service_settings
 
 
 class GatewaySettings(BaseSettings):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from asympo.service_settings import run_service
+from asympo.runtime.settings import run_service
 
 from .settings import load_settings
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from asympo.bus import newest_version, publish
 from asympo.proto.v1 import bus_pb2
-from asympo.weights import announcement, version_dir, write_version
+from asympo.weights.store import announcement, version_dir, write_version
 
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint

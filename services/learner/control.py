@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import yaml
 
+from asympo.jobs.records import FINAL_STATES, get_job, put_job
+from asympo.jobs.spec import SpecError, live_knob
 from asympo.proto.v1 import bus_pb2
-from asympo.records import FINAL_STATES, get_job, put_job
-from asympo.spec import SpecError, live_knob
 
 from . import distributed as D
 

@@ -14,9 +14,9 @@ import itertools
 import redis.asyncio as aioredis
 
 from asympo.bus import JobKeys, admission_limit, dispatch, read_flow
+from asympo.jobs.spec import JobSpec
 from asympo.models.prompts import Prompter
 from asympo.proto.v1 import bus_pb2
-from asympo.spec import JobSpec
 from asympo.tasks import build_task
 
 

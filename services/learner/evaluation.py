@@ -24,9 +24,9 @@ import redis.asyncio as aioredis
 from asympo.bus import JobKeys, decode, publish
 from asympo.bus.codec import EntryError
 from asympo.bus.follow import StreamFollower
+from asympo.jobs.spec import JobSpec
 from asympo.models.prompts import Prompter
 from asympo.proto.v1 import bus_pb2
-from asympo.spec import JobSpec
 from asympo.tasks import build_task
 
 log = logging.getLogger(__name__)

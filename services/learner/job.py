@@ -35,10 +35,10 @@ from asympo.bus import (
 )
 from asympo.bus.follow import StreamFollower
 from asympo.bus.stream_io import undelivered
+from asympo.jobs.records import JobRecord, get_job
 from asympo.models.loading import load_policy, resolve_model_path
 from asympo.models.prompts import Prompter
 from asympo.proto.v1 import bus_pb2
-from asympo.records import JobRecord, get_job
 
 from . import distributed as D
 from .commits import Progress, VersionCommits

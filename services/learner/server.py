@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from asympo.proto.v1 import learner_pb2, learner_pb2_grpc
-from asympo.weight_transfer import fetch_weights_rpc
+from asympo.weights.transfer import fetch_weights_rpc
 
 from .job import JobRun
 from .settings import LearnerSettings

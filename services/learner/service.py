@@ -18,10 +18,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from transformers.utils import logging as transformers_logging
 
 from asympo.bus import QUEUE, connect
-from asympo.grpc_service import GrpcServer
+from asympo.jobs.records import FINAL_STATES, JobRecord, active_job, get_job, put_job
 from asympo.proto.v1 import learner_pb2_grpc
-from asympo.records import FINAL_STATES, JobRecord, active_job, get_job, put_job
-from asympo.telemetry import start_metrics_server
+from asympo.runtime.grpc_server import GrpcServer
+from asympo.runtime.telemetry import start_metrics_server
 
 from . import distributed as D
 from .job import JobRun

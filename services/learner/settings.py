@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from asympo.service_settings import LogLevel
-from asympo.service_settings import load_settings as load_service_settings
+from asympo.runtime.settings import LogLevel
+from asympo.runtime.settings import load_settings as load_service_settings
 
 
 class LearnerSettings(BaseSettings):

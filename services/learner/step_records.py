@@ -8,7 +8,7 @@ import logging
 import math
 import time
 
-from asympo.records import get_job, put_job
+from asympo.jobs.records import get_job, put_job
 
 from .evaluation import LearnerEvaluation
 

@@ -17,9 +17,9 @@ import torch
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from asympo.algo import group_advantages, policy_loss
-from asympo.models.logprobs import pack_responses, response_logprobs, response_start
+from asympo.jobs.spec import AlgorithmSpec
+from asympo.models.response_logprobs import pack_responses, response_logprobs, response_start
 from asympo.proto.v1 import bus_pb2
-from asympo.spec import AlgorithmSpec
 
 from .distributed import World, all_min, all_sum
 

@@ -9,9 +9,9 @@ import time
 
 import grpc
 
-from asympo.grpc_service import GrpcServer
 from asympo.proto.v1 import reward_pb2, reward_pb2_grpc
-from asympo.telemetry import MetricsServer, start_metrics_server
+from asympo.runtime.grpc_server import GrpcServer
+from asympo.runtime.telemetry import MetricsServer, start_metrics_server
 
 from . import verifiers
 from .metrics import RewardMetrics

@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from asympo.service_settings import LogLevel
-from asympo.service_settings import load_settings as load_service_settings
+from asympo.runtime.settings import LogLevel
+from asympo.runtime.settings import load_settings as load_service_settings
 
 
 def _default_workers() -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from asympo.service_settings import run_service
+from asympo.runtime.settings import run_service
 
 from .settings import load_settings
 

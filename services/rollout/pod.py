@@ -26,8 +26,8 @@ from asympo.bus import (
     newest_version,
 )
 from asympo.bus.follow import StreamFollower
+from asympo.jobs.records import FINAL_STATES, JobRecord, PodStatus, active_job, get_job, put_pod
 from asympo.proto.v1 import bus_pb2
-from asympo.records import FINAL_STATES, JobRecord, PodStatus, active_job, get_job, put_pod
 from services.reward.client import AsyncRewardClient, RewardServiceError
 
 from .batches import BatchProcessing

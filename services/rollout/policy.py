@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asympo.proto.v1 import bus_pb2
-from asympo.weight_transfer import fetch_version
-from asympo.weights import VersionManifest, WeightsError, local_path, verify_version
+from asympo.weights.store import VersionManifest, WeightsError, local_path, verify_version
+from asympo.weights.transfer import fetch_version
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import logging
 import time
 
 from asympo.bus import JobKeys, newest_version
+from asympo.jobs.records import put_pod
 from asympo.proto.v1 import bus_pb2
-from asympo.records import put_pod
 
 from .policy import LocalVersion, ReloadRefused, materialize, prune_fetched
 from .verify import check_served

@@ -6,9 +6,9 @@ import asyncio
 import logging
 import signal
 
-from asympo.grpc_service import GrpcServer
 from asympo.proto.v1 import rollout_pb2_grpc
-from asympo.telemetry import start_metrics_server
+from asympo.runtime.grpc_server import GrpcServer
+from asympo.runtime.telemetry import start_metrics_server
 
 from .metrics import RolloutMetrics
 from .pod import RolloutPod

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from asympo.weights import VersionManifest
+from asympo.weights.store import VersionManifest
 
 from .engines import Engine
 from .policy import LocalVersion, ReloadRefused

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from asympo.bus.local_redis import free_port
-from asympo.client import GatewayClient
-from asympo.local import LocalStack, StackConfig
+from asympo.cli.client import GatewayClient
+from asympo.cli.local_stack import LocalStack, StackConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def asympo(
     }
     env.pop("ASYMPO_API_TOKEN", None)
     env.pop("ASYMPO_REDIS_URL", None)  # the stack starts its own Redis
-    return subprocess.run([sys.executable, "-m", "asympo.cli", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "asympo.cli.app", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
 
 

@@ -11,9 +11,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from asympo.bus import JobKeys, read_all
+from asympo.jobs.spec import JobSpec
 from asympo.models.prompts import Prompter
 from asympo.proto.v1 import bus_pb2
-from asympo.spec import JobSpec
 
 from .local_stack import REPO, running_stack, wait
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from asympo.bus.local_redis import free_port
-from asympo.client import GatewayClient
-from asympo.local import _members
+from asympo.cli.client import GatewayClient
+from asympo.cli.local_stack import _members
 
 from .local_stack import asympo, running_stack, wait
 
@@ -37,7 +37,7 @@ def stack(tmp_path_factory, tiny_cache, tiny_model_path):
 
 
 def submit(client: GatewayClient, **overrides) -> str:
-    from asympo.spec import JobSpec
+    from asympo.jobs.spec import JobSpec
 
     spec = JobSpec.load(JOB).with_overrides(overrides)
     return client.submit(spec.to_yaml())["job_id"]
@@ -93,7 +93,7 @@ def test_a_job_over_rest_learns_with_a_rollout_pod_killed(stack):
     assert len(ids) == len(set(ids)) == steps * 16
     versions = [v["version"] for v in client.versions(job_id)]
     assert versions == list(range(versions[0], steps + 1))
-    from asympo.job_report import write_report
+    from asympo.cli.report import write_report
 
     summary = write_report(job, records, client.versions(job_id), home / "reports" / job_id)
     print(f"{steps} steps: held-out {summary['initial_accuracy']} -> {summary['final_accuracy']}, "

@@ -9,9 +9,9 @@ import sys
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from asympo.jobs.spec import AlgorithmSpec, TinyModelSpec
 from asympo.models.tiny import build_model, build_tokenizer
 from asympo.proto.v1 import bus_pb2
-from asympo.spec import AlgorithmSpec, TinyModelSpec
 from services.learner.distributed import init_world, shutdown
 from services.learner.trainer import Trainer, shard_model
 

@@ -429,7 +429,7 @@ def test_gpu_overlay_puts_rollout_and_learner_on_gpus(rendered):
 
 def test_the_papers_job_fits_the_gpu_overlay(rendered):
     """examples/jobs/qwen3-1.7b-math.yaml: the paper's setup, and a learner that can read its data."""
-    from asympo.spec import JobSpec
+    from asympo.jobs.spec import JobSpec
 
     spec = JobSpec.load(ROOT / "examples" / "jobs" / "qwen3-1.7b-math.yaml")
     algo = spec.algorithm

@@ -801,7 +801,7 @@ def test_dockerignore_keeps_local_state_and_secrets_out_of_the_context():
     for path in (".venv/bin/python", ".git/HEAD", ".asympo/api-token", "runs/demo/report.json", ".env",
                  "deploy/compose/.env", "services/__pycache__/x.pyc"):  # fmt: skip
         assert ignored_by_docker(path, patterns), f"{path} would be sent to the builder"
-    for path in ("pyproject.toml", "README.md", "asympo/spec.py", "services/reward/server.py"):
+    for path in ("pyproject.toml", "README.md", "asympo/jobs/spec.py", "services/reward/server.py"):
         assert not ignored_by_docker(path, patterns), f"{path} is needed by `pip install .`"
 
 
@@ -821,7 +821,7 @@ async def run_probe(command: str, env: dict[str, str]) -> int:
 
 @pytest.mark.parametrize("service", ("reward", "rollout", "learner"))
 async def test_grpc_healthcheck_follows_the_servers_health_status(service):
-    from asympo.grpc_service import GrpcServer
+    from asympo.runtime.grpc_server import GrpcServer
 
     _, command = healthcheck(service)
     variable = f"ASYMPO_{service.upper()}_PORT"

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from asympo.bus import QUEUE, JobKeys
-from asympo.records import get_job
+from asympo.jobs.records import get_job
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 
@@ -108,7 +108,7 @@ async def test_control_of_a_running_job_goes_to_the_control_stream(client, redis
     job_id = (await client.post("/v1/jobs", json=SPEC, headers=AUTH)).json()["job_id"]
     job = await get_job(redis, job_id)
     job.state = "running"
-    from asympo.records import put_job
+    from asympo.jobs.records import put_job
 
     await put_job(redis, job)
     await client.post(f"/v1/jobs/{job_id}:pause", headers=AUTH)

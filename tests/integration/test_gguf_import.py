@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from asympo.cli import app
+from asympo.cli.app import app
 from asympo.models.gguf_import import GGUFImportError, find_gguf
 
 runner = CliRunner()

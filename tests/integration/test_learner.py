@@ -15,12 +15,12 @@ import grpc
 import pytest
 
 from asympo.bus import QUEUE, JobKeys, decode, publish
+from asympo.jobs.records import FINAL_STATES, JobRecord, get_job, put_job
 from asympo.proto.v1 import bus_pb2, learner_pb2, learner_pb2_grpc
-from asympo.records import FINAL_STATES, JobRecord, get_job, put_job
 from asympo.reference.loop import run_reference
 from asympo.reference.sampler import ReferenceSampler
-from asympo.weight_transfer import fetch_version
-from asympo.weights import read_manifest
+from asympo.weights.store import read_manifest
+from asympo.weights.transfer import fetch_version
 from tests.service_process import ServiceProcess
 
 pytestmark = pytest.mark.timeout(900)

@@ -3,9 +3,9 @@
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from asympo.jobs.spec import ArithmeticTaskSpec, DatasetTaskSpec
 from asympo.models.hf_generate import hf_generate_ids
 from asympo.models.prompts import Prompter, PromptError
-from asympo.spec import ArithmeticTaskSpec, DatasetTaskSpec
 from asympo.tasks import build_task
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from asympo.jobs.spec import JobSpec
 from asympo.reference import run_reference
-from asympo.spec import JobSpec
 
 from ..conftest import EXAMPLE_JOB, REPO
 

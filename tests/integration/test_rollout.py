@@ -14,11 +14,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from asympo.bus import GROUP_ROLLOUT, JobKeys, connect, dispatch, publish
+from asympo.jobs.records import JobRecord, list_pods, put_job
 from asympo.models.hf_generate import hf_generate
 from asympo.proto.v1 import bus_pb2, rollout_pb2, rollout_pb2_grpc
-from asympo.records import JobRecord, list_pods, put_job
 from asympo.tasks import build_task, exact_match
-from asympo.weights import MANIFEST, write_version
+from asympo.weights.store import MANIFEST, write_version
 
 from ..service_process import ServiceProcess
 

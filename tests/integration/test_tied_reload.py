@@ -11,12 +11,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from asympo.jobs.spec import TinyModelSpec
 from asympo.models.hf_generate import hf_generate
-from asympo.models.logprobs import pack_responses, response_logprobs
+from asympo.models.response_logprobs import pack_responses, response_logprobs
 from asympo.models.tiny import tiny_model_dir
-from asympo.spec import TinyModelSpec
 from asympo.tasks import build_task
-from asympo.weights import verify_version, write_version
+from asympo.weights.store import verify_version, write_version
 from services.rollout.engines.base import GenRequest
 from services.rollout.engines.vllm_engine import VllmEngine
 from services.rollout.policy import LocalVersion, ReloadRefused

@@ -7,15 +7,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from asympo.grpc_service import GrpcServer
+from asympo.jobs.spec import TinyModelSpec
 from asympo.models.tiny import build_model, build_tokenizer
 from asympo.proto.v1 import learner_pb2, learner_pb2_grpc
-from asympo.spec import TinyModelSpec
-from asympo.weight_transfer import fetch_version, fetch_weights_rpc, iter_weight_chunks
-from asympo.weights import (
+from asympo.runtime.grpc_server import GrpcServer
+from asympo.weights.probes import compute_probes
+from asympo.weights.store import (
     MANIFEST,
     WeightsError,
-    compute_probes,
     directory_sha256,
     gc_versions,
     list_versions,
@@ -24,6 +23,7 @@ from asympo.weights import (
     verify_version,
     write_version,
 )
+from asympo.weights.transfer import fetch_version, fetch_weights_rpc, iter_weight_chunks
 
 
 @pytest.fixture(scope="module")

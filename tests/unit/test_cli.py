@@ -2,7 +2,7 @@
 
 from typer.testing import CliRunner
 
-from asympo.cli import app
+from asympo.cli.app import app
 
 runner = CliRunner()
 

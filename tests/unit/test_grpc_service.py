@@ -8,8 +8,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from asympo.grpc_service import GrpcServer
 from asympo.proto.v1 import reward_pb2, reward_pb2_grpc
+from asympo.runtime.grpc_server import GrpcServer
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from asympo.job_report import summarize, write_report
+from asympo.cli.report import summarize, write_report
 
 JOB = {
     "job_id": "j",

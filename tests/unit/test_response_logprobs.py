@@ -5,7 +5,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from asympo.algo import token_logprobs
-from asympo.models.logprobs import pack_responses, response_logprobs
+from asympo.models.response_logprobs import pack_responses, response_logprobs
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from asympo.algo import token_logprobs
+from asympo.jobs.spec import TinyModelSpec
 from asympo.models.tiny import build_model, build_tokenizer
 from asympo.proto.v1 import bus_pb2
-from asympo.spec import TinyModelSpec
-from asympo.weights import Probe, VersionManifest
+from asympo.weights.probes import Probe
+from asympo.weights.store import VersionManifest
 from services.rollout.engines import GenRequest
 from services.rollout.engines.hf_engine import HfEngine
 from services.rollout.policy import RetryGate

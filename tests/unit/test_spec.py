@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from asympo.spec import ArithmeticTaskSpec, DatasetTaskSpec, JobSpec, SpecError
+from asympo.jobs.spec import ArithmeticTaskSpec, DatasetTaskSpec, JobSpec, SpecError
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples" / "jobs").glob("*.yaml"))
 
@@ -15,10 +15,10 @@ def test_spec_losses_are_the_algorithm_methods_and_spec_needs_no_torch():
     import typing
 
     from asympo.algo import METHODS
-    from asympo.spec import LossName
+    from asympo.jobs.spec import LossName
 
     assert typing.get_args(LossName) == METHODS
-    code = "import sys, asympo.spec, asympo.tasks; sys.exit('torch' in sys.modules)"
+    code = "import sys, asympo.jobs.spec, asympo.tasks; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from asympo.spec import ArithmeticTaskSpec, DatasetTaskSpec
+from asympo.jobs.spec import ArithmeticTaskSpec, DatasetTaskSpec
 from asympo.tasks import ArithmeticTask, DatasetError, DatasetTask, build_task, exact_match, load_records
 
 

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from asympo.telemetry import setup_logging, start_metrics_server
+from asympo.runtime.telemetry import setup_logging, start_metrics_server
 
 
 @pytest.fixture

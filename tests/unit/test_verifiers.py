@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from asympo.spec import JobSpec
+from asympo.jobs.spec import JobSpec
 from services.reward.scores import ScoreResult, error, ok
 from services.reward.settings import RewardSettings
 from services.reward.verifiers import (

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import typer
 
-from asympo.client import GatewayClient, GatewayError
-from asympo.job_watch import watch_job, write_job_report
-from asympo.local import SERVICES, LocalStack, StackConfig, StackError
+from asympo.cli.client import GatewayClient, GatewayError
+from asympo.cli.local_stack import SERVICES, LocalStack, StackConfig, StackError
+from asympo.cli.watch import watch_job, write_job_report
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_JOB = REPO / "examples" / "jobs" / "arith-tiny.yaml"
 
 app = typer.Typer(
@@ -165,7 +165,7 @@ def submit(
     watch_: bool = typer.Option(False, "--watch", help="show live progress until the job ends"),
 ):
     """Submit a job to the gateway."""
-    from asympo.spec import JobSpec, SpecError
+    from asympo.jobs.spec import JobSpec, SpecError
 
     try:
         spec = JobSpec.load(job_file)
@@ -238,7 +238,7 @@ def demo(
     keep: bool = typer.Option(False, help="leave the stack running afterwards"),
 ):
     """up → submit the example job → live progress → report → down."""
-    from asympo.spec import JobSpec
+    from asympo.jobs.spec import JobSpec
 
     stack = ctx.obj.stack(gateway_port=gateway_port, engine=engine)
     spec = JobSpec.load(job_file)

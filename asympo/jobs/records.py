@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from asympo.bus.keys import JOBS, JobKeys
-from asympo.spec import JobSpec
+from asympo.jobs.spec import JobSpec
 
 JobState = Literal["queued", "starting", "running", "paused", "succeeded", "failed", "cancelled"]
 ACTIVE_STATES = ("starting", "running", "paused")

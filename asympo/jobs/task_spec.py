@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from asympo.spec_errors import _Strict
+from asympo.jobs.spec_errors import _Strict
 
 TINY_ALPHABET = "0123456789+-*= "
 

@@ -1,11 +1,8 @@
-"""The versioned weight store: write, verify, stream and fetch policy versions.
+"""The versioned weight store: write, verify and garbage-collect policy versions on disk.
 
 A version is an HF-format directory `{store}/{job}/v{version}/` (safetensors, config, tokenizer) plus
-`asympo_version.json`: per-file sha256, the directory digest carried by PolicyVersion.sha256, and
-*probes* — log-probs of fixed token sequences under these weights, which a rollout pod compares with
-what its engine serves after a reload (a silently stale lm_head shows up there, not in a checksum).
-Versions appear atomically (written beside, then renamed); pods without a shared volume stream them
-from the learner with LearnerService.FetchWeights.
+`asympo_version.json`: per-file sha256, the directory digest carried by PolicyVersion.sha256, and the
+version's probes (asympo.weights.probes). Versions appear atomically: written beside, then renamed.
 """
 
 from __future__ import annotations
@@ -16,29 +13,19 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from asympo.proto.v1 import bus_pb2
+from asympo.weights.probes import Probe, compute_probes
 
 MANIFEST = "asympo_version.json"
 CHUNK_BYTES = 1 << 20
-DEFAULT_PROBE_TEXTS = ("12+34=46", "7*8=56", "99-17=82", " the answer is 3")
 
 
 class WeightsError(RuntimeError):
     """A version that is missing, incomplete or corrupt; the message says which file and why."""
-
-
-@dataclass
-class Probe:
-    """A fixed token sequence and the log-prob of each token after prompt_len, given its prefix."""
-
-    token_ids: list[int]
-    prompt_len: int
-    logprobs: list[float]
 
 
 @dataclass
@@ -89,7 +76,8 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _content_files(path: Path) -> list[Path]:
+def content_files(path: Path) -> list[Path]:
+    """Every file of a version directory but its manifest, sorted."""
     return sorted(p for p in path.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
@@ -97,7 +85,7 @@ def directory_sha256(path: Path) -> tuple[str, int, dict[str, str]]:
     """Digest over sorted (relative path, file sha256) of every file but the manifest; total bytes; per file."""
     path = Path(path)
     files, total = {}, 0
-    for f in _content_files(path):
+    for f in content_files(path):
         rel = f.relative_to(path).as_posix()
         files[rel] = _file_sha256(f)
         total += f.stat().st_size
@@ -105,36 +93,6 @@ def directory_sha256(path: Path) -> tuple[str, int, dict[str, str]]:
     for rel in sorted(files):
         digest.update(f"{rel}\0{files[rel]}\n".encode())
     return digest.hexdigest(), total, files
-
-
-def probe_token_ids(tokenizer, texts: Sequence[str] | None = None) -> list[tuple[list[int], int]]:
-    """Fixed probe sequences as (token_ids, prompt_len): the first half is context, the rest is scored."""
-    out = []
-    for text in texts or DEFAULT_PROBE_TEXTS:
-        ids = tokenizer(text).input_ids
-        if len(ids) >= 2:
-            out.append((ids, max(1, len(ids) // 2)))
-    return out
-
-
-def compute_probes(model, tokenizer, texts: Sequence[str] | None = None) -> list[Probe]:
-    """Each probe's continuation log-probs under `model` (an HF causal LM), in float32."""
-    import torch
-
-    from asympo.algo import token_logprobs
-
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    probes = []
-    with torch.no_grad():
-        for ids, p in probe_token_ids(tokenizer, texts):
-            x = torch.tensor([ids], device=device)
-            logits = model(input_ids=x).logits[0]
-            lps = token_logprobs(logits[p - 1 : -1], x[0, p:]).tolist()
-            probes.append(Probe(ids, p, lps))
-    model.train(was_training)
-    return probes
 
 
 def read_manifest(path: Path) -> VersionManifest:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import typer
 
-from asympo.client import GatewayClient
-from asympo.records import FINAL_STATES
+from asympo.cli.client import GatewayClient
+from asympo.jobs.records import FINAL_STATES
 
 
 def write_job_report(c: GatewayClient, job_id: str, out: Path) -> dict:
     """Fetch a job's records over REST and write its report."""
-    from asympo.job_report import write_report
+    from asympo.cli.report import write_report
 
     job = c.job(job_id)
     return write_report(job, c.metrics(job_id, last=1_000_000), c.versions(job_id), out)

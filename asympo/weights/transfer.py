@@ -12,14 +12,21 @@ from pathlib import Path
 import grpc
 
 from asympo.proto.v1 import learner_pb2, learner_pb2_grpc
-from asympo.weights import CHUNK_BYTES, MANIFEST, WeightsError, _content_files, verify_version, version_dir
+from asympo.weights.store import (
+    CHUNK_BYTES,
+    MANIFEST,
+    WeightsError,
+    content_files,
+    verify_version,
+    version_dir,
+)
 
 
 def iter_weight_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[learner_pb2.WeightChunk]:
     """Every file of a verified version, manifest included, as ordered chunks naming file and offset."""
     path = Path(path)
     manifest = verify_version(path)
-    for f in [*_content_files(path), path / MANIFEST]:
+    for f in [*content_files(path), path / MANIFEST]:
         rel = f.relative_to(path).as_posix()
         size = f.stat().st_size
         with f.open("rb") as fh:

@@ -13,7 +13,7 @@ from typing import Annotated, TypeVar
 from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import BaseSettings
 
-from asympo.telemetry import setup_logging
+from asympo.runtime.telemetry import setup_logging
 
 S = TypeVar("S", bound=BaseSettings)
 

@@ -10,8 +10,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from asympo.spec_errors import SpecError, _problems, _Strict
-from asympo.task_spec import TINY_ALPHABET, ArithmeticTaskSpec, DatasetTaskSpec, TaskSpec
+from asympo.jobs.spec_errors import SpecError, _problems, _Strict
+from asympo.jobs.task_spec import TINY_ALPHABET, ArithmeticTaskSpec, DatasetTaskSpec, TaskSpec
 
 __all__ = [
     "SpecError",

@@ -1,0 +1,1 @@
+"""The user's side: the `asympo` command, its REST client, the local stack and job reports."""

@@ -1,0 +1,5 @@
+"""python -m asympo.cli: the same as the `asympo` command."""
+
+from asympo.cli.app import app
+
+app()
