@@ -12,7 +12,7 @@ EXTRAS ?= cpu,dev,gguf
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup test demo reference images proto lint format clean
+.PHONY: setup test demo reference images lock proto lint format clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,16 @@ images:
 	  echo "== asympo/$$s:$(IMAGE_TAG)"; \
 	  docker build -f services/$$s/Dockerfile -t asympo/$$s:$(IMAGE_TAG) $(if $(filter cpu,$(ENGINE)),--build-arg ENGINE=cpu --build-arg BASE_IMAGE=python:3.11-slim) . || exit 1; \
 	done
+
+# Each image installs its service's extra with services/<service>/requirements.lock as constraints, so a
+# rebuild gets the same versions. Regenerate after changing dependencies in pyproject.toml (needs PyPI).
+# Gateway and reward run on python:3.11-slim; rollout and learner on the CUDA base (Ubuntu 24.04: 3.12).
+LOCK := $(VENV)/bin/uv pip compile pyproject.toml --quiet --python-platform x86_64-unknown-linux-gnu
+lock: $(STAMP)
+	$(LOCK) --python-version 3.11 --extra gateway -o services/gateway/requirements.lock
+	$(LOCK) --python-version 3.11 --extra reward -o services/reward/requirements.lock
+	$(LOCK) --python-version 3.12 --extra gpu -o services/rollout/requirements.lock
+	$(LOCK) --python-version 3.12 --extra learner -o services/learner/requirements.lock
 
 proto: $(STAMP)
 	$(PY) -m asympo.proto.codegen

@@ -52,7 +52,7 @@ def _asympo(home: Path, *args: str, cache: Path | None = None) -> str:
         env["ASYMPO_LEARNER_MODEL_CACHE"] = str(cache)
     env.pop("ASYMPO_API_TOKEN", None)
     env.pop("ASYMPO_REDIS_URL", None)
-    proc = subprocess.run([sys.executable, "-m", "asympo.cli.app", *args], cwd=REPO, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "asympo.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1800)  # fmt: skip
     if proc.returncode:
         raise RuntimeError(f"asympo {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

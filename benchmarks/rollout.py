@@ -40,7 +40,7 @@ from asympo.proto.v1 import bus_pb2  # noqa: E402
 from asympo.tasks import build_task  # noqa: E402
 from asympo.weights.store import write_version  # noqa: E402
 from services.rollout.engines import GenRequest, make_engine  # noqa: E402
-from tests.service_process import ServiceProcess  # noqa: E402
+from tests.support.service_process import ServiceProcess  # noqa: E402
 
 
 def make_tasks(job_id, spec, prompter, problems, group_size, max_new_tokens):

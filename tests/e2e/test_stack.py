@@ -18,8 +18,7 @@ import pytest
 from asympo.bus.local_redis import free_port
 from asympo.cli.client import GatewayClient
 from asympo.cli.local_stack import _members
-
-from .local_stack import asympo, running_stack, wait
+from tests.support.local_stack import asympo, running_stack, wait
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = REPO / "examples" / "jobs" / "arith-tiny.yaml"

@@ -149,7 +149,7 @@ async def test_two_consumers_share_a_stream_without_duplicates(redis_server, job
 async def test_killed_consumer_process_has_its_entries_reclaimed_and_finished(redis, redis_server, job_keys):
     await dispatch(redis, job_keys, [task(job_keys, i) for i in range(20)])
     worker = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.bus_worker", redis_server.url, job_keys.job_id, "8"],
+        [sys.executable, "-m", "tests.support.bus_worker", redis_server.url, job_keys.job_id, "8"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

@@ -21,7 +21,7 @@ from asympo.reference.loop import run_reference
 from asympo.reference.sampler import ReferenceSampler
 from asympo.weights.store import read_manifest
 from asympo.weights.transfer import fetch_version
-from tests.service_process import ServiceProcess
+from tests.support.service_process import ServiceProcess
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -16,7 +16,7 @@ WEIGHT_TOL = 5e-5
 
 def _run(nproc: int, out: Path) -> dict:
     cmd = [str(TORCHRUN), "--nproc-per-node", str(nproc), "--standalone",
-           "-m", "tests.integration.learner_equivalence", str(out)]  # fmt: skip
+           "-m", "tests.support.learner_equivalence", str(out)]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return torch.load(out, weights_only=False)

@@ -20,11 +20,11 @@ from services.reward.client import (
     RewardServiceError,
     RewardServiceUnavailable,
 )
+from tests.support.service_process import ServiceProcess
 
 from ..conftest import REPO
-from ..service_process import ServiceProcess
 
-PLUGIN = "tests.integration.reward_plugin"
+PLUGIN = "tests.support.reward_plugin"
 CAP = 100_000  # max_completion_chars given to the service through its environment (default: 262,144)
 # 9^(9^(9^9)): sympy evaluates the tower while comparing it; with math-verify's timeouts off this ran for
 # over 300 s here (killed by `timeout`, 278 MB RSS) without finishing.

@@ -19,8 +19,7 @@ from asympo.models.hf_generate import hf_generate
 from asympo.proto.v1 import bus_pb2, rollout_pb2, rollout_pb2_grpc
 from asympo.tasks import build_task, exact_match
 from asympo.weights.store import MANIFEST, write_version
-
-from ..service_process import ServiceProcess
+from tests.support.service_process import ServiceProcess
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Run under torchrun: train the tiny model two steps on a fixed global batch, save loss and weights.
 
-torchrun --nproc-per-node N -m tests.integration.learner_equivalence OUT.pt
+torchrun --nproc-per-node N -m tests.support.learner_equivalence OUT.pt
 """
 
 import random

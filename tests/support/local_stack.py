@@ -28,7 +28,7 @@ def asympo(
     }
     env.pop("ASYMPO_API_TOKEN", None)
     env.pop("ASYMPO_REDIS_URL", None)  # the stack starts its own Redis
-    return subprocess.run([sys.executable, "-m", "asympo.cli.app", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "asympo.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
 
 

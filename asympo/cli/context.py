@@ -1,0 +1,43 @@
+"""What every `asympo` command shares: the global options and how a command fails."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from asympo.cli.client import GatewayClient
+from asympo.cli.local_stack import LocalStack, StackConfig
+
+TOKEN_ENV = "ASYMPO_API_TOKEN"
+
+
+class Ctx:
+    """Options shared by every command."""
+
+    def __init__(self, home: Path, url: str | None, token: str | None):
+        self.home = home
+        self._url = url
+        self._token = token
+
+    def stack(self, **kw) -> LocalStack:
+        return LocalStack(StackConfig(home=self.home, **kw), say=lambda m: typer.echo(m, err=True))
+
+    def client(self) -> GatewayClient:
+        stack = self.stack()
+        url = self._url or stack.gateway_url()
+        token = self._token or os.environ.get(TOKEN_ENV)
+        if not token:
+            saved = self.home / "api-token"
+            if not saved.is_file():
+                fail(
+                    f"no API token: pass --token, set ASYMPO_API_TOKEN, or run `asympo up` (it saves one in {saved})"
+                )
+            token = saved.read_text().strip()
+        return GatewayClient(url, token)
+
+
+def fail(message: str, code: int = 1):
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)

@@ -1,0 +1,63 @@
+"""Several reference runs side by side: every combination of losses, staleness bounds and seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from asympo.jobs.spec import JobSpec
+from asympo.reference.loop import RunResult, run_reference
+from asympo.reference.report import aggregate, plot_runs, run_log, summary_table, write_json
+
+
+def grid_specs(
+    base: JobSpec, losses: list[str] | None, stalenesses: list[int] | None, seeds: list[int] | None
+) -> list[JobSpec]:
+    """One spec per (loss, staleness, seed); a list left out keeps the base job's value. SpecError if invalid."""
+    losses = losses or [base.algorithm.loss]
+    stalenesses = stalenesses if stalenesses is not None else [base.algorithm.max_staleness]
+    seeds = seeds or [base.seed]
+    return [
+        base.with_overrides({"algorithm.loss": loss, "algorithm.max_staleness": k, "seed": seed})
+        for loss in losses
+        for k in stalenesses
+        for seed in seeds
+    ]
+
+
+def run_grid(
+    specs: list[JobSpec], out: Path, cache_dir: Path | None, progress: bool, say=print
+) -> list[RunResult]:
+    """Run each spec (logs and a curve per run); with several, also a comparison plot and table in `out`."""
+    several_seeds = len({s.seed for s in specs}) > 1
+    single = len(specs) == 1
+    results: list[RunResult] = []
+    for spec in specs:
+        label = f"{spec.algorithm.loss}-k{spec.algorithm.max_staleness}"
+        if several_seeds:
+            label += f"-s{spec.seed}"
+        run_out = out if single else out / label
+
+        def save(result: RunResult, run_out: Path = run_out) -> None:
+            write_json(run_out / "log.json", run_log(result))
+
+        result = run_reference(spec, label=label, cache_dir=cache_dir, progress=progress, on_eval=save)
+        result.out_dir = run_out
+        save(result)
+        plot_runs([result], run_out / "curve.png", f"asympo reference loop: {label}")
+        results.append(result)
+        s = result.summary()
+        say(
+            f"{label}: held-out accuracy {s['initial_accuracy']:.1%} -> {s['final_accuracy']:.1%} "
+            f"({100 * s['accuracy_gain']:+.1f} pts) in {s['steps']} steps, {s['seconds']:.0f} s"
+        )
+        say(f"  log:  {run_out / 'log.json'}\n  plot: {run_out / 'curve.png'}")
+    if not single:
+        write_json(
+            out / "compare.json", {"runs": [r.summary() for r in results], "settings": aggregate(results)}
+        )
+        plot_runs(results, out / "compare.png", "asympo reference loop: comparison (same seeds)")
+        table = summary_table(results)
+        (out / "compare.md").write_text(table + "\n")
+        say("\n" + table)
+        say(f"\ncomparison plot: {out / 'compare.png'}\ncomparison table: {out / 'compare.md'}")
+    return results

@@ -1,0 +1,1 @@
+"""Deployment artefacts checked for real: manifests, images and their dependencies, observability."""
