@@ -28,7 +28,7 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
         counts = run.staleness_counts
         n = sum(counts.values())
         return learner_pb2.LearnerStatus(
-            job_id=run.job.job_id,
+            job_id=run.job_id,
             step=run.progress.step,
             version=run.progress.version,
             staleness=learner_pb2.StalenessStats(

@@ -10,7 +10,8 @@ import time
 
 from asympo.jobs.records import get_job, put_job
 
-from .evaluation import LearnerEvaluation
+from .evaluation import LearnerEvaluation, RolloutEvaluation
+from .job_context import JobContext
 
 log = logging.getLogger(__name__)
 
@@ -18,18 +19,24 @@ STEPS_MAXLEN = 100_000
 
 
 class StepRecords:
-    """What a job leaves behind per step (a part of JobRun)."""
+    """The job's steps stream and metrics: a record per step and per evaluation (rank 0 writes them)."""
 
-    def _step_record(self, stats: dict, trained: list, seconds: float, publish_s: float | None) -> dict:
+    def __init__(self, ctx: JobContext, evaluation: RolloutEvaluation | LearnerEvaluation | None):
+        self.ctx = ctx
+        self.evaluation = evaluation
+        # Staleness of every group trained since this process started (the learner's Status RPC).
+        self.staleness_counts: dict[int, int] = {}
+
+    def step_record(self, stats: dict, trained: list, seconds: float, publish_s: float | None) -> dict:
         """The step's record (rank 0), and its metrics."""
         prompt_ids = [pid for ids, *_ in trained for pid in ids]
         staleness = [s for _, st, *_ in trained for s in st]
         generated = sum(n for _, _, n, _ in trained)
         for s in staleness:
             self.staleness_counts[s] = self.staleness_counts.get(s, 0) + 1
-            self.metrics.staleness.observe(s)
-        m = self.metrics
-        m.step.set(self.progress.step)
+            self.ctx.metrics.staleness.observe(s)
+        m = self.ctx.metrics
+        m.step.set(self.ctx.progress.step)
         m.step_seconds.observe(seconds)
         m.tokens_trained.inc(stats["tokens"])
         m.tokens_per_s.set(stats["tokens"] / max(seconds, 1e-9))
@@ -41,57 +48,63 @@ class StepRecords:
             if math.isfinite(stats.get(key, math.nan)):
                 gauge.set(stats[key])
         return {
-            "step": self.progress.step, "version": self.progress.version + (publish_s is not None),
+            "step": self.ctx.progress.step, "version": self.ctx.progress.version + (publish_s is not None),
             "time": time.time(), "seconds": seconds, "publish_seconds": publish_s, "prompt_ids": prompt_ids,
             "staleness": staleness, "tokens_per_s": stats["tokens"] / max(seconds, 1e-9),
-            "dropped": dict(self.progress.dropped), "generated_tokens": generated,
-            "max_staleness": self.max_staleness, **stats,
+            "dropped": dict(self.ctx.progress.dropped), "generated_tokens": generated,
+            "max_staleness": self.ctx.max_staleness, **stats,
         }  # fmt: skip
 
-    async def _write_step(self, record: dict) -> None:
-        if self.spec.eval.every and self.progress.step % self.spec.eval.every == 0:
-            record["heldout_accuracy"] = await self._evaluate(self.progress.version, self.progress.step)
-        await self._write_record(record)
-        job = await get_job(self.redis, self.job.job_id)
+    async def write_step(self, record: dict) -> None:
+        """Write a step's record (with held-out accuracy on eval steps) and move the job record's counters."""
+        if self.ctx.spec.eval.every and self.ctx.progress.step % self.ctx.spec.eval.every == 0:
+            record["heldout_accuracy"] = await self.evaluate(
+                self.ctx.progress.version, self.ctx.progress.step
+            )
+        await self.write_record(record)
+        job = await get_job(self.ctx.redis, self.ctx.job_id)
         if job is not None and job.state in ("running", "paused"):
-            job.step, job.version = self.progress.step, self.progress.version
-            await put_job(self.redis, job)
+            job.step, job.version = self.ctx.progress.step, self.ctx.progress.version
+            await put_job(self.ctx.redis, job)
 
-    async def _write_record(self, record: dict) -> None:
+    async def write_record(self, record: dict) -> None:
+        """Append a record to the steps stream (non-finite numbers become null: JSON has no NaN)."""
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        await self.redis.xadd(
-            self.keys.steps, {"json": json.dumps(clean)}, maxlen=STEPS_MAXLEN, approximate=True
+        await self.ctx.redis.xadd(
+            self.ctx.keys.steps, {"json": json.dumps(clean)}, maxlen=STEPS_MAXLEN, approximate=True
         )
 
-    async def _evaluate(self, version: int, step: int) -> float | None:
+    async def evaluate(self, version: int, step: int) -> float | None:
         """Held-out accuracy of a published version: now (learner), or None and an eval record later (pods)."""
         if isinstance(self.evaluation, LearnerEvaluation):
             accuracy = await self.evaluation.accuracy()
-            self.metrics.heldout_accuracy.set(accuracy)
-            self.metrics.heldout_version.set(version)
+            self.ctx.metrics.heldout_accuracy.set(accuracy)
+            self.ctx.metrics.heldout_version.set(version)
             return accuracy
         if self.evaluation is not None:
             await self.evaluation.request(version, step)
         return None
 
-    async def _write_eval_records(self, records: list[dict]) -> None:
+    async def write_eval_records(self, records: list[dict]) -> None:
+        """Write the pods' evaluation results as records and metrics."""
         for record in records:
-            await self._write_record(record)
-            self.metrics.heldout_accuracy.set(record["heldout_accuracy"])
-            self.metrics.heldout_version.set(record["version"])
+            await self.write_record(record)
+            self.ctx.metrics.heldout_accuracy.set(record["heldout_accuracy"])
+            self.ctx.metrics.heldout_version.set(record["version"])
             k = record.get("eval_samples")
             if k:
-                self.metrics.heldout_mean_at_k.set(record[f"heldout_mean_at_{k}"])
+                self.ctx.metrics.heldout_mean_at_k.set(record[f"heldout_mean_at_{k}"])
             log.info(
                 "evaluated", extra={k: v for k, v in record.items() if k.startswith(("heldout", "version"))}
             )
 
-    async def _collect_evals_forever(self) -> None:
+    async def collect_evals_forever(self) -> None:
+        """Keep writing evaluation results as pods report them (a background task of rank 0)."""
         while True:
             try:
-                await self._write_eval_records(await self.evaluation.collect())
+                await self.write_eval_records(await self.evaluation.collect())
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("collecting evaluation results failed; retrying")
-            await asyncio.sleep(self.settings.poll_s)
+            await asyncio.sleep(self.ctx.settings.poll_s)
