@@ -9,8 +9,7 @@ import typer
 
 from asympo.cli.client import GatewayClient
 from asympo.cli.local_stack import LocalStack, StackConfig
-
-TOKEN_ENV = "ASYMPO_API_TOKEN"
+from asympo.runtime.api_token import TOKEN_ENV
 
 
 class Ctx:

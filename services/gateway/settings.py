@@ -7,6 +7,7 @@ import os
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from asympo.runtime.api_token import TOKEN_ENV
 from asympo.runtime.settings import LogLevel
 from asympo.runtime.settings import load_settings as load_service_settings
 
@@ -17,9 +18,7 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ASYMPO_GATEWAY_", extra="forbid", validate_default=True)
 
     redis_url: str | None = Field(None, description="Redis URL (default $ASYMPO_REDIS_URL)")
-    api_token: str | None = Field(
-        None, description="bearer token clients must send (default $ASYMPO_API_TOKEN)"
-    )
+    api_token: str | None = Field(None, description=f"bearer token clients must send (default ${TOKEN_ENV})")
     host: str = Field("127.0.0.1", description="listen address (0.0.0.0 in a container)")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one (logged)")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest request body accepted")
@@ -29,11 +28,9 @@ class GatewaySettings(BaseSettings):
     @field_validator("api_token")
     @classmethod
     def _token(cls, value: str | None) -> str:
-        value = value or os.environ.get("ASYMPO_API_TOKEN")
+        value = value or os.environ.get(TOKEN_ENV)
         if not value:
-            raise ValueError(
-                "no API token: set ASYMPO_API_TOKEN (or --api-token); the gateway never runs open"
-            )
+            raise ValueError(f"no API token: set {TOKEN_ENV} (or --api-token); the gateway never runs open")
         if len(value) < 16:
             raise ValueError("the API token must be at least 16 characters")
         return value

@@ -84,7 +84,7 @@ REQUIRED_ALERTS = {
 
 def registries() -> dict[str, object]:
     """A fresh metrics object of every service, the very classes the services export."""
-    from services.gateway.app import GatewayMetrics
+    from services.gateway.metrics import GatewayMetrics
     from services.learner.metrics import LearnerMetrics
     from services.reward.metrics import RewardMetrics
     from services.rollout.metrics import RolloutMetrics

@@ -1,0 +1,1 @@
+"""The gateway's routes, one APIRouter per module; app.py includes them in a fixed order."""

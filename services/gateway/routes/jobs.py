@@ -1,0 +1,61 @@
+"""Submitting, listing and reading jobs: POST and GET /v1/jobs, GET /v1/jobs/{job_id}."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+from fastapi import HTTPException, Request
+
+from asympo.bus import QUEUE, JobKeys
+from asympo.jobs.records import JobRecord, list_jobs, put_job
+from asympo.jobs.spec import JobSpec, SpecError
+
+from ..body import problem_list, read_body
+from ..deps import RedisDep, existing_job, v1_router
+
+router = v1_router()
+
+
+def _job_id(spec: JobSpec) -> str:
+    # Readable (name and time) and, thanks to the random suffix, unique without asking Redis.
+    stem = spec.name or "job"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@router.post("/jobs", status_code=201)
+async def create_job(request: Request, redis: RedisDep) -> dict:
+    """Validate a job spec (JSON or YAML) and queue it."""
+    data = await read_body(request)
+    try:
+        spec = JobSpec.from_data(data, "request body")
+    except SpecError as exc:
+        raise HTTPException(422, {"problems": problem_list(exc.problems)}) from None
+    job = JobRecord(job_id=_job_id(spec), spec=spec)
+    await put_job(redis, job)
+    await redis.rpush(QUEUE, job.job_id)
+    return job.model_dump(mode="json")
+
+
+@router.get("/jobs")
+async def jobs(redis: RedisDep, state: str | None = None) -> list[dict]:
+    """All jobs, oldest first (optionally one state), without their specs."""
+    records = await list_jobs(redis)
+    return [r.model_dump(mode="json", exclude={"spec"}) | {"name": r.spec.name}
+            for r in records if state is None or r.state == state]  # fmt: skip
+
+
+@router.get("/jobs/{job_id}")
+async def job(job_id: str, redis: RedisDep) -> dict:
+    """A job with its spec, its newest step record and its queue position."""
+    record = await existing_job(redis, job_id)
+    out = record.model_dump(mode="json")
+    recent = [json.loads(f[b"json"]) for _, f in await redis.xrevrange(JobKeys(job_id).steps, count=50)]
+    out["last_step"] = recent[0] if recent else None
+    # Evaluations on the pods are records of their own, often followed at once by a training step.
+    out["last_eval"] = next((rec for rec in recent if rec.get("heldout_accuracy") is not None), None)
+    if record.state == "queued":
+        queue = [x.decode() for x in await redis.lrange(QUEUE, 0, -1)]
+        out["queue_position"] = queue.index(job_id) if job_id in queue else None
+    return out
