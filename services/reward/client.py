@@ -7,10 +7,8 @@ with RewardClient("localhost:50051") as reward:
 
 from __future__ import annotations
 
-import asyncio
+import json
 import math
-import random
-import time
 from collections.abc import Sequence
 
 import grpc
@@ -18,7 +16,7 @@ import grpc
 from asympo.proto.v1 import reward_pb2, reward_pb2_grpc
 
 from .scores import STATUSES, ScoreResult
-from .settings import RewardSettings
+from .settings import MAX_REQUEST_BYTES, RewardSettings
 
 __all__ = [
     "AsyncRewardClient",
@@ -26,10 +24,54 @@ __all__ = [
     "RewardServiceError",
     "RewardServiceUnavailable",
     "ScoreResult",
+    "channel_options",
 ]
 
 # What a request without a deadline gets from a service with default settings; sizes the RPC deadline.
 SERVICE_DEFAULT_DEADLINE_S = RewardSettings.model_fields["default_deadline_ms"].default / 1000
+SERVICE = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
+# gRPC clamps a retry policy's maxAttempts to 5 without a word; more retries are refused instead.
+MAX_RETRIES = 4
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.9f}s"
+
+
+def channel_options(
+    retries: int = 4, backoff_s: float = 0.2, options: Sequence[tuple[str, object]] = ()
+) -> list[tuple[str, object]]:
+    """Options for a RewardService channel: gRPC retries UNAVAILABLE `retries` times; `options` win."""
+    if not 0 <= retries <= MAX_RETRIES:
+        raise ValueError(
+            f"retries must be 0..{MAX_RETRIES} (gRPC allows at most 5 attempts), got {retries!r}"
+        )
+    if not (backoff_s > 0 and math.isfinite(backoff_s)):
+        raise ValueError(f"backoff_s must be a positive number of seconds, got {backoff_s!r}")
+    method: dict[str, object] = {"name": [{"service": SERVICE}]}
+    if retries:
+        # Score is idempotent, so a request the service may have seen is safe to send again. Only
+        # UNAVAILABLE is retried (a refused connection, a stopping server), not a bad request nor a
+        # spent deadline: the call's deadline already spans every attempt. No waitForReady: a service
+        # that is down must fail fast as RewardServiceUnavailable, so the rollout pod leaves its tasks
+        # for later instead of holding them a whole deadline. A refused connection fails with
+        # UNAVAILABLE and is retried, so a service a second or two from up is still waited for.
+        method["retryPolicy"] = {
+            "maxAttempts": retries + 1,
+            "initialBackoff": _duration(backoff_s),
+            # Required by gRPC; set where the doubling ends after `retries` pauses, so it shortens none.
+            "maxBackoff": _duration(backoff_s * 2 ** (retries - 1)),
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+    ours = {
+        "grpc.enable_retries": 1,
+        "grpc.service_config": json.dumps({"methodConfig": [method]}),
+        # gRPC stops retrying a call whose request outgrew this buffer (256 KiB by default), and
+        # batches of long completions are megabytes: buffer as much as the service accepts.
+        "grpc.per_rpc_retry_buffer_size": MAX_REQUEST_BYTES,
+    }
+    return list({**ours, **dict(options)}.items())
 
 
 class RewardServiceError(RuntimeError):
@@ -45,7 +87,7 @@ class RewardServiceUnavailable(RewardServiceError):
 
 
 class _Calls:
-    """What both clients share: request building, the RPC deadline, retry policy, response checking."""
+    """What both clients share: channel options, request building, the RPC deadline, response checking."""
 
     def __init__(
         self,
@@ -55,15 +97,16 @@ class _Calls:
         backoff_s: float = 0.2,
         slack_s: float = 5.0,
         default_deadline_s: float = SERVICE_DEFAULT_DEADLINE_S,
+        options: Sequence[tuple[str, object]] = (),
     ):
         if not isinstance(target, str) or not target:
             raise ValueError(f"target must be 'host:port', got {target!r}")
-        if parallelism < 1 or retries < 0 or backoff_s < 0 or slack_s < 0:
-            raise ValueError("parallelism must be >= 1, and retries, backoff_s and slack_s >= 0")
+        if parallelism < 1 or slack_s < 0:
+            raise ValueError("parallelism must be >= 1 and slack_s >= 0")
+        self.options = channel_options(retries, backoff_s, options)
         self.target = target
         self.parallelism = parallelism
-        self.retries = retries
-        self.backoff_s = backoff_s
+        self.attempts = retries + 1
         self.slack_s = slack_s
         self.default_deadline_s = default_deadline_s
 
@@ -109,16 +152,14 @@ class _Calls:
             out.append(ScoreResult(s.reward, s.status, s.detail))
         return out
 
-    def pause(self, attempt: int) -> float:
-        """Seconds to wait before retry `attempt` (1-based): exponential with jitter."""
-        return self.backoff_s * (2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-
-    def failure(self, e: grpc.RpcError, attempts: int) -> RewardServiceError:
+    def failure(self, e: grpc.RpcError) -> RewardServiceError:
         """The error to raise for a failed RPC."""
         code, details = e.code(), e.details()
         if code == grpc.StatusCode.UNAVAILABLE:
+            # gRPC does not say how many attempts it made: fewer when the deadline ran out first.
+            attempts = "1 attempt" if self.attempts == 1 else f"at most {self.attempts} attempts"
             return RewardServiceUnavailable(
-                f"reward service at {self.target} is unavailable after {attempts} attempts: {details}", code
+                f"reward service at {self.target} is unavailable after {attempts}: {details}", code
             )
         return RewardServiceError(f"reward service at {self.target}: {code.name}: {details}", code)
 
@@ -137,9 +178,9 @@ class RewardClient:
         default_deadline_s: float = SERVICE_DEFAULT_DEADLINE_S,
         options: Sequence[tuple[str, object]] = (),
     ):
-        self._calls = _Calls(target, parallelism, retries, backoff_s, slack_s, default_deadline_s)
+        self._calls = _Calls(target, parallelism, retries, backoff_s, slack_s, default_deadline_s, options)
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=list(options))
+        self._channel = grpc.insecure_channel(target, options=self._calls.options)
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
 
     def score(
@@ -151,18 +192,11 @@ class RewardClient:
     ) -> list[ScoreResult]:
         """Score each completion against its reference; `deadline_s` is per item (None: service default)."""
         request, timeout = self._calls.request(verifier, completions, references, deadline_s)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = self._stub.Score(request, timeout=timeout)
-                return self._calls.results(response, len(completions))
-            except grpc.RpcError as e:
-                # Score is idempotent, so retrying a request the service may have seen is harmless.
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt <= self._calls.retries:
-                    time.sleep(self._calls.pause(attempt))
-                    continue
-                raise self._calls.failure(e, attempt) from None
+        try:
+            response = self._stub.Score(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise self._calls.failure(e) from None
+        return self._calls.results(response, len(completions))
 
     def close(self) -> None:
         """Close the channel."""
@@ -189,9 +223,9 @@ class AsyncRewardClient:
         default_deadline_s: float = SERVICE_DEFAULT_DEADLINE_S,
         options: Sequence[tuple[str, object]] = (),
     ):
-        self._calls = _Calls(target, parallelism, retries, backoff_s, slack_s, default_deadline_s)
+        self._calls = _Calls(target, parallelism, retries, backoff_s, slack_s, default_deadline_s, options)
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target, options=list(options))
+        self._channel = grpc.aio.insecure_channel(target, options=self._calls.options)
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
 
     async def score(
@@ -203,17 +237,11 @@ class AsyncRewardClient:
     ) -> list[ScoreResult]:
         """Score each completion against its reference; `deadline_s` is per item (None: service default)."""
         request, timeout = self._calls.request(verifier, completions, references, deadline_s)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = await self._stub.Score(request, timeout=timeout)
-                return self._calls.results(response, len(completions))
-            except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt <= self._calls.retries:
-                    await asyncio.sleep(self._calls.pause(attempt))
-                    continue
-                raise self._calls.failure(e, attempt) from None
+        try:
+            response = await self._stub.Score(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise self._calls.failure(e) from None
+        return self._calls.results(response, len(completions))
 
     async def close(self) -> None:
         """Close the channel."""

@@ -17,7 +17,7 @@ from . import verifiers
 from .metrics import RewardMetrics
 from .pool import PoolClosed, WorkerPool
 from .scores import TIMEOUT, ScoreResult, error, unparsable
-from .settings import RewardSettings
+from .settings import MAX_REQUEST_BYTES, RewardSettings
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,8 @@ class RewardService:
             if s.metrics_port >= 0:
                 self.metrics_server = start_metrics_server(s.metrics_port, self.metrics.registry, addr=s.host)
                 self.metrics_port = self.metrics_server.port
-            # 64 MiB instead of gRPC's 4 MiB: a request of a few hundred long completions is normal here.
-            self.grpc = GrpcServer(s.host, s.port, options=[("grpc.max_receive_message_length", 64 << 20)])
+            options = [("grpc.max_receive_message_length", MAX_REQUEST_BYTES)]
+            self.grpc = GrpcServer(s.host, s.port, options=options)
             servicer = RewardServicer(s, self.pool, self.metrics)
             self.grpc.add_service(reward_pb2_grpc.add_RewardServiceServicer_to_server, servicer, SERVICE_NAME)
             self.port = await self.grpc.start()

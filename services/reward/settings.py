@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from asympo.runtime.settings import LogLevel
 from asympo.runtime.settings import load_settings as load_service_settings
 
+# The largest ScoreRequest the service accepts, not gRPC's 4 MiB: a request of a few hundred long
+# completions is normal here. The client sizes its retry buffer with it.
+MAX_REQUEST_BYTES = 64 << 20
+
 
 def _default_workers() -> int:
     # Cores this process may use, not the machine's; in a container set the worker count explicitly,
