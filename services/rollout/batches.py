@@ -12,20 +12,38 @@ from asympo.bus import (
     StreamConsumer,
     encode,
 )
+from asympo.jobs.records import JobRecord
 from asympo.proto.v1 import bus_pb2
-from services.reward.client import RewardServiceError
+from services.reward.client import AsyncRewardClient, RewardServiceError
 
 from .engines import EngineError, GenRequest, GenSample
+from .metrics import RolloutMetrics
+from .served import ServedModel
+from .settings import RolloutSettings
+from .status_board import StatusBoard
 
 log = logging.getLogger(__name__)
 
 MAX_GROUP_SIZE = 1024
 
 
-class BatchProcessing:
-    """One batch on a rollout pod (a part of RolloutPod)."""
+class BatchProcessor:
+    """Turns a batch of PromptTasks into ScoredGroups with the served model and the reward service."""
 
-    async def _process(self, consumer: StreamConsumer, keys: JobKeys, batch: list[Delivery]) -> None:
+    def __init__(
+        self, settings: RolloutSettings, model: ServedModel, reward: AsyncRewardClient, board: StatusBoard,
+        metrics: RolloutMetrics, pause,
+    ):  # fmt: skip
+        self.settings = settings
+        self.model = model
+        self.reward = reward
+        self.board = board
+        self.metrics = metrics
+        self.pause = pause  # async (seconds) -> None that a pod shutdown cuts short
+        self.job: JobRecord | None = None  # the job being served: its loss and verifier
+
+    async def process(self, consumer: StreamConsumer, keys: JobKeys, batch: list[Delivery]) -> None:
+        """Dead-letter unusable tasks, then generate, score, publish and ACK the rest (one by one on failure)."""
         usable = []
         for d in batch:
             reason = self._unusable(d.message)
@@ -51,7 +69,7 @@ class BatchProcessing:
                 "a batch failed in the engine; retrying its tasks one by one", extra={"cause": str(exc)}
             )
             for d in usable:
-                await self._process(consumer, keys, [d])
+                await self.process(consumer, keys, [d])
 
     def _unusable(self, task: bus_pb2.PromptTask) -> str | None:
         if not task.prompt and not task.prompt_token_ids:
@@ -69,16 +87,16 @@ class BatchProcessing:
             self.metrics.queue_wait.observe(max(0.0, t_start - int(d.entry_id.split("-")[0]) / 1000))
         grpo = self.job is not None and self.job.spec.algorithm.loss == "grpo"
         requests = [self._request(t, grpo) for t in tasks]
-        async with self.engine_lock:
-            version_start = self.served.version
+        async with self.model.lock:
+            version_start = self.model.version.version
             t0 = time.perf_counter()
-            groups = await asyncio.to_thread(self.engine.generate, requests)
+            groups = await asyncio.to_thread(self.model.engine.generate, requests)
             gen_s = time.perf_counter() - t0
-            version_end = self.served.version
+            version_end = self.model.version.version
         self.metrics.generate_seconds.observe(gen_s)
         n_tokens = sum(len(s.token_ids) for g in groups for s in g)
         self.metrics.tokens.inc(n_tokens)
-        self._tokens_window.append((time.monotonic(), n_tokens))
+        self.board.rate.add(n_tokens)
 
         t1 = time.perf_counter()
         try:
@@ -90,7 +108,7 @@ class BatchProcessing:
             log.error(
                 "reward service failed; tasks left for retry", extra={"cause": str(exc), "tasks": len(batch)}
             )
-            await self._sleep(min(self.settings.claim_idle_s, 5.0))
+            await self.pause(min(self.settings.claim_idle_s, 5.0))
             return
         score_s = time.perf_counter() - t1
         self.metrics.reward_seconds.observe(score_s)
@@ -102,9 +120,8 @@ class BatchProcessing:
         )  # fmt: skip
         await consumer.ack_and_publish([d.entry_id for d in batch], keys.groups, out)
         self.metrics.groups.inc(len(out))
-        if self.status:
-            self.status.groups_published += len(out)
-        self.metrics.tokens_per_s.set(self.tokens_per_s())
+        self.board.published(len(out))
+        self.metrics.tokens_per_s.set(self.board.rate.per_s())
 
     def _scored_groups(self, batch, requests, groups, rewards, t_start, versions, timings, grpo):
         """The batch's ScoredGroup messages: each task's completions with their rewards."""
@@ -139,7 +156,7 @@ class BatchProcessing:
         return out
 
     def _request(self, task: bus_pb2.PromptTask, grpo: bool) -> GenRequest:
-        ids = list(task.prompt_token_ids) or self.engine.tokenizer(task.prompt).input_ids
+        ids = list(task.prompt_token_ids) or self.model.engine.tokenizer(task.prompt).input_ids
         sp = task.sampling
         return GenRequest(
             prompt_token_ids=ids,
@@ -157,12 +174,3 @@ class BatchProcessing:
         return await self.reward.score(
             verifier, [s.text for s in group], [task.reference] * len(group), self.settings.reward_deadline_s
         )
-
-    def tokens_per_s(self, window_s: float = 30.0) -> float:
-        """Generated tokens per second over the last window."""
-        now = time.monotonic()
-        self._tokens_window = [(t, n) for t, n in self._tokens_window if now - t <= window_s]
-        if not self._tokens_window:
-            return 0.0
-        span = max(1.0, now - self._tokens_window[0][0])
-        return sum(n for _, n in self._tokens_window) / span

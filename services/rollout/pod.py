@@ -17,49 +17,36 @@ import time
 
 import redis.asyncio as aioredis
 
-from asympo.bus import (
-    GROUP_ROLLOUT,
-    Delivery,
-    JobKeys,
-    StreamConsumer,
-    connect,
-    newest_version,
-)
+from asympo.bus import GROUP_ROLLOUT, Delivery, JobKeys, StreamConsumer, connect, newest_version
 from asympo.bus.follow import StreamFollower
-from asympo.jobs.records import FINAL_STATES, JobRecord, PodStatus, active_job, get_job, put_pod
+from asympo.jobs.records import FINAL_STATES, JobRecord, PodStatus, active_job, get_job
 from asympo.proto.v1 import bus_pb2
 from services.reward.client import AsyncRewardClient, RewardServiceError
 
-from .batches import BatchProcessing
-from .engines import Engine, EngineError, make_engine
+from .batches import BatchProcessor
+from .engines import EngineError
 from .evaluation import evaluate
 from .metrics import RolloutMetrics
-from .policy import LocalVersion, RetryGate, materialize
-from .reloading import PolicyReloading
+from .reloading import Reloader
+from .served import ServedModel
 from .settings import RolloutSettings
+from .status_board import StatusBoard, TokenRate
 
 log = logging.getLogger(__name__)
 
 
-class RolloutPod(PolicyReloading, BatchProcessing):
-    """A rollout pod's state: the engine, the version it serves, the job it follows."""
+class RolloutPod:
+    """The pod's loop over jobs; the served model, reloads, batches and its record are its parts."""
 
     def __init__(self, settings: RolloutSettings, metrics: RolloutMetrics | None = None):
         self.settings = settings
         self.metrics = metrics or RolloutMetrics()
+        self.model = ServedModel(settings)
+        self.rate = TokenRate()
+        self.stopping = asyncio.Event()
+        self.job: JobRecord | None = None
         self.redis: aioredis.Redis | None = None
         self.reward: AsyncRewardClient | None = None
-        self.engine: Engine | None = None
-        # The engine is not thread-safe; the batch loop and gRPC Generate both go through this lock.
-        self.engine_lock = asyncio.Lock()
-        self.served: LocalVersion | None = None
-        self.job: JobRecord | None = None
-        self.status: PodStatus | None = None
-        self.paused = False
-        self.stopping = asyncio.Event()
-        self._retry = RetryGate()
-        self.control: StreamFollower | None = None
-        self._tokens_window: list[tuple[float, int]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -67,6 +54,11 @@ class RolloutPod(PolicyReloading, BatchProcessing):
         """Serve jobs until `stopping` is set."""
         self.redis = connect(self.settings.redis_url)
         self.reward = AsyncRewardClient(self.settings.reward_target, parallelism=4)
+        self.board = StatusBoard(self.redis, self.metrics, self.rate)
+        self.reloader = Reloader(self.settings, self.redis, self.model, self.board, self.metrics)
+        self.batches = BatchProcessor(
+            self.settings, self.model, self.reward, self.board, self.metrics, self.pause
+        )
         try:
             while not self.stopping.is_set():
                 job = await self._wait_for_job()
@@ -79,15 +71,20 @@ class RolloutPod(PolicyReloading, BatchProcessing):
                     log.exception(
                         "serving the job failed; looking for work again", extra={"job_id": job.job_id}
                     )
-                    await self._set_state("unhealthy", last_error="serving the job failed; see the pod log")
-                    await self._sleep(self.settings.poll_s * 5)
+                    await self.board.set_state(
+                        "unhealthy", last_error="serving the job failed; see the pod log"
+                    )
+                    await self.pause(self.settings.poll_s * 5)
                 finally:
-                    await self._release_engine()
+                    await self.model.release()
+                    self.job = self.batches.job = None
+                    self.metrics.served_version.set(-1)
         finally:
             await self.reward.close()
             await self.redis.aclose()
 
-    async def _sleep(self, seconds: float) -> None:
+    async def pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the pod is asked to stop."""
         try:
             await asyncio.wait_for(self.stopping.wait(), seconds)
         except asyncio.TimeoutError:
@@ -106,24 +103,16 @@ class RolloutPod(PolicyReloading, BatchProcessing):
                 job = None
             if job is not None:
                 return job
-            await self._sleep(self.settings.poll_s)
+            await self.pause(self.settings.poll_s)
         return None
-
-    async def _release_engine(self) -> None:
-        async with self.engine_lock:
-            if self.engine is not None:
-                await asyncio.to_thread(self.engine.close)
-            self.engine, self.served, self.job = None, None, None
-        self.metrics.served_version.set(-1)
 
     # ---- one job ---------------------------------------------------------------------------------
 
     async def _serve_job(self, job: JobRecord) -> None:
         s = self.settings
         keys = JobKeys(job.job_id)
-        self.job = job
-        self.status = PodStatus(pod=s.pod, job_id=job.job_id, engine=s.engine, state="loading")
-        await put_pod(self.redis, self.status)
+        self.job = self.batches.job = job
+        await self.board.open(PodStatus(pod=s.pod, job_id=job.job_id, engine=s.engine, state="loading"))
         log.info("following job", extra={"job_id": job.job_id})
         # Earlier events are history: the job record holds their outcome (checked on every look).
         self.control = StreamFollower(self.redis, keys.control, bus_pb2.ControlEvent, job.job_id)
@@ -145,16 +134,16 @@ class RolloutPod(PolicyReloading, BatchProcessing):
         backlog = await consumer.recover_own()  # tasks this pod name held before a restart
         eval_backlog = await evals.recover_own()
         next_check = 0.0
-        heartbeat = asyncio.ensure_future(self._heartbeat())
+        heartbeat = asyncio.ensure_future(self.board.heartbeat(s.heartbeat_s))
         try:
             while not self.stopping.is_set():
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + s.poll_s
                     if not await self._job_still_on(keys):
                         return
-                    await self.reload_newest(keys)
-                if self.paused or (self.status and self.status.state == "unhealthy"):
-                    await self._sleep(s.poll_s)
+                    await self.reloader.reload_newest(keys)
+                if self.board.paused or self.board.unhealthy:
+                    await self.pause(s.poll_s)
                     continue
                 # Evaluation first: its version is current now, and the learner waits for it at the end.
                 pending_evals, eval_backlog = eval_backlog or await evals.read(1, block_ms=0), []
@@ -166,14 +155,14 @@ class RolloutPod(PolicyReloading, BatchProcessing):
                 if not batch:
                     batch = await consumer.read(s.batch_prompts, block_ms=int(min(s.poll_s, 2.0) * 1000))
                 if batch:
-                    if max(d.message.dispatch_version for d in batch) > self.served.version:
+                    if max(d.message.dispatch_version for d in batch) > self.model.version.version:
                         # Dispatched against a version this pod has not loaded yet: load it first, or the
                         # groups would start out staler than the learner's admission control intended.
-                        await self.reload_newest(keys)
-                    await self._process(consumer, keys, batch)
+                        await self.reloader.reload_newest(keys)
+                    await self.batches.process(consumer, keys, batch)
         finally:
             heartbeat.cancel()
-            await self._set_state("stopped")
+            await self.board.set_state("stopped")
 
     async def _wait_for_version(self, keys: JobKeys) -> bus_pb2.PolicyVersion | None:
         """The newest published version; version 0 (the base model) is published by the learner at start."""
@@ -183,33 +172,20 @@ class RolloutPod(PolicyReloading, BatchProcessing):
                 return pv
             if not await self._job_still_on(keys):
                 return None
-            await self._sleep(self.settings.poll_s)
+            await self.pause(self.settings.poll_s)
         return None
 
     async def _start_engine(self, pv: bus_pb2.PolicyVersion) -> None:
-        s = self.settings
         t0 = time.perf_counter()
-        local = await asyncio.to_thread(materialize, pv, s.weights_dir, s.learner_target)
-        vllm_options = {"max_model_len": s.max_model_len, "gpu_memory_utilization": s.gpu_memory_utilization,
-                        "kv_cache_gib": s.kv_cache_gib}  # fmt: skip
-        async with self.engine_lock:
-            self.engine = await asyncio.to_thread(
-                make_engine, s.engine, local.path, device=s.device, dtype=s.dtype,
-                **(vllm_options if s.engine != "hf" else {}),
-            )  # fmt: skip
-            await self._check_served(local, None)
-            self.served = local
-        self.status.engine = self.engine.name
-        await self._served_now(local)
+        local = await self.model.start(pv)
+        self.board.status.engine = self.model.engine.name
+        await self.board.served_now(local)
         self.metrics.reload_seconds.observe(time.perf_counter() - t0)
         log.info(
             "engine started",
-            extra={
-                "engine": self.engine.name,
-                "version": local.version,
-                "seconds": round(time.perf_counter() - t0, 2),
-            },
-        )
+            extra={"engine": self.model.engine.name, "version": local.version,
+                   "seconds": round(time.perf_counter() - t0, 2)},
+        )  # fmt: skip
 
     async def _evaluate(self, consumer: StreamConsumer, keys: JobKeys, delivery: Delivery) -> None:
         try:
@@ -222,43 +198,13 @@ class RolloutPod(PolicyReloading, BatchProcessing):
         """Apply control events and the job record's state; False when the job is over for this pod."""
         for event in await self.control.read():
             if event.kind in ("pause", "resume"):
-                self._set_paused(event.kind == "pause")
+                self.board.set_paused(event.kind == "pause")
             elif event.kind == "cancel":
                 return False
         job = await get_job(self.redis, keys.job_id)
         if job is None or job.state in FINAL_STATES:
             log.info("job is over", extra={"job_id": keys.job_id, "state": job.state if job else "deleted"})
             return False
-        self._set_paused(job.state == "paused")
-        self.job = job
+        self.board.set_paused(job.state == "paused")
+        self.job = self.batches.job = job
         return True
-
-    def _set_paused(self, paused: bool) -> None:
-        if paused != self.paused:
-            log.info("paused" if paused else "resumed")
-        self.paused = paused
-        self.metrics.paused.set(int(paused))
-        if self.status and self.status.state in ("serving", "paused"):
-            self.status.state = "paused" if paused else "serving"
-
-    async def _set_state(self, state: str, last_error: str | None = None) -> None:
-        if self.status is None:
-            return
-        self.status.state = state
-        if last_error is not None:
-            self.status.last_error = last_error
-        try:
-            await put_pod(self.redis, self.status)
-        except OSError:
-            pass
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
-            self.status.tokens_per_s = self.tokens_per_s()
-            try:
-                await put_pod(self.redis, self.status)
-            except OSError as exc:
-                log.warning("heartbeat failed", extra={"cause": str(exc)})
-
-    # ---- one batch -------------------------------------------------------------------------------

@@ -28,10 +28,10 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         return rollout_pb2.RolloutStatus(
             pod=pod.settings.pod,
             job_id=pod.job.job_id if pod.job else "",
-            served_version=pod.served.version if pod.served else -1,
-            weights_sha256=pod.served.sha256 if pod.served else "",
-            engine=pod.engine.name if pod.engine else "",
-            tokens_per_s=pod.tokens_per_s(),
+            served_version=pod.model.version.version if pod.model.version else -1,
+            weights_sha256=pod.model.version.sha256 if pod.model.version else "",
+            engine=pod.model.engine.name if pod.model.engine else "",
+            tokens_per_s=pod.rate.per_s(),
         )
 
     async def Generate(self, request: rollout_pb2.GenerateRequest, context) -> rollout_pb2.GenerateResponse:
@@ -44,12 +44,12 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
                 f"n must be in 1..{MAX_GROUP_SIZE}, prompts at most {MAX_PROMPTS}",
             )
         sp = request.sampling
-        async with pod.engine_lock:
-            if pod.engine is None or pod.served is None:
+        async with pod.model.lock:
+            if pod.model.engine is None or pod.model.version is None:
                 await context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION, "no model loaded: the pod serves no job yet"
                 )
-            tokenizer = pod.engine.tokenizer
+            tokenizer = pod.model.engine.tokenizer
             requests = [
                 GenRequest(
                     prompt_token_ids=tokenizer(p).input_ids,
@@ -64,8 +64,8 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
             if any(not r.prompt_token_ids for r in requests):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty prompt")
             # temperature 0 = greedy, as in vLLM; the hf engine treats it the same way below.
-            groups = await asyncio.to_thread(pod.engine.generate, requests) if requests else []
-            version = pod.served.version
+            groups = await asyncio.to_thread(pod.model.engine.generate, requests) if requests else []
+            version = pod.model.version.version
         return rollout_pb2.GenerateResponse(
             outputs=[
                 rollout_pb2.PromptCompletions(
