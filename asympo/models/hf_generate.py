@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from transformers import GenerationConfig
 
-
-@dataclass
-class Sample:
-    """One generated response: its token ids (EOS included when it stopped), text and finish reason."""
-
-    token_ids: list[int]
-    text: str
-    finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens reached)
-    logprobs: list[float] = field(default_factory=list)  # raw-policy log-prob of each token, when asked for
+from asympo.models.generation import GenSample
 
 
-def hf_generate(model, tokenizer, prompts: list[str], **kwargs) -> list[list[Sample]]:
+def hf_generate(model, tokenizer, prompts: list[str], **kwargs) -> list[list[GenSample]]:
     """n samples (or one greedy continuation) for each prompt string; see hf_generate_ids."""
     ids = [tokenizer(p).input_ids for p in prompts]
     return hf_generate_ids(model, tokenizer, ids, **kwargs)
@@ -38,7 +28,7 @@ def hf_generate_ids(
     seed: int | None = None,
     logprobs: bool = False,
     stop_token_ids: list[int] | None = None,
-) -> list[list[Sample]]:
+) -> list[list[GenSample]]:
     """n samples (or one greedy continuation) per prompt; plain temperature/top-p sampling, no top-k.
 
     With logprobs=True each sample carries the log-prob of its tokens under the unwarped policy
@@ -82,7 +72,7 @@ def hf_generate_ids(
         raw = torch.stack(out.logits, dim=1).float()  # [rows, steps, V], before any warper
         token_lp = torch.log_softmax(raw, dim=-1).gather(-1, new[..., None])[..., 0].tolist()
     new = new.tolist()
-    results: list[list[Sample]] = []
+    results: list[list[GenSample]] = []
     for i in range(len(prompt_ids)):
         group = []
         for row in range(i * n, (i + 1) * n):
@@ -93,6 +83,6 @@ def hf_generate_ids(
             else:
                 reason = "length"
             lp = token_lp[row][: len(ids)] if token_lp is not None else []
-            group.append(Sample(ids, tokenizer.decode(ids, skip_special_tokens=True), reason, lp))
+            group.append(GenSample(ids, tokenizer.decode(ids, skip_special_tokens=True), reason, lp))
         results.append(group)
     return results

@@ -16,7 +16,9 @@ import redis.asyncio as aioredis
 from safetensors.torch import load_file
 
 from asympo.bus import GROUP_ROLLOUT, JobKeys, StreamConsumer, newest_version
+from asympo.bus.scored import scored_group
 from asympo.jobs.records import FINAL_STATES, JobRecord, get_job
+from asympo.models.generation import GenRequest
 from asympo.models.hf_generate import hf_generate_ids
 from asympo.models.loading import load_policy
 from asympo.proto.v1 import bus_pb2
@@ -77,24 +79,14 @@ class ReferenceSampler:
         version = self.version
         groups = await asyncio.to_thread(self._generate, tasks)
         out = [
-            bus_pb2.ScoredGroup(
-                job_id=task.job_id,
-                prompt_id=task.prompt_id,
-                prompt_token_ids=task.prompt_token_ids,
-                completions=[
-                    bus_pb2.Completion(
-                        token_ids=s.token_ids,
-                        text=s.text,
-                        reward=self.verify(s.text, task.reference),
-                        finish_reason=s.finish_reason,
-                        reward_status="ok",
-                        behavior_logprobs=s.logprobs if self.grpo else [],
-                    )
-                    for s in samples
-                ],
-                gen_version_start=version,
-                gen_version_end=version,
+            scored_group(
+                task,
+                task.prompt_token_ids,
+                samples,
+                [(self.verify(s.text, task.reference), "ok") for s in samples],
+                versions=(version, version),
                 pod=self.name,
+                behavior_logprobs=self.grpo,
             )  # fmt: skip
             for task, samples in zip(tasks, groups)
         ]
@@ -105,11 +97,18 @@ class ReferenceSampler:
     def _generate(self, tasks: list[bus_pb2.PromptTask]):
         out = []
         for task in tasks:  # one call per task: each has its own seed
-            sp = task.sampling
+            ids = list(task.prompt_token_ids) or self.tokenizer(task.prompt).input_ids
+            r = GenRequest.from_sampling(
+                ids,
+                task.group_size,
+                task.sampling,
+                seed=task.sampling.seed,
+                logprobs=self.grpo,
+                unset_temperature=1.0,
+            )
             out += hf_generate_ids(
-                self.model, self.tokenizer, [list(task.prompt_token_ids) or self.tokenizer(task.prompt).input_ids],
-                n=task.group_size, max_new_tokens=sp.max_new_tokens, temperature=sp.temperature or 1.0,
-                top_p=sp.top_p if 0 < sp.top_p <= 1 else 1.0, seed=sp.seed, logprobs=self.grpo,
+                self.model, self.tokenizer, [r.prompt_token_ids], n=r.n, max_new_tokens=r.max_new_tokens,
+                temperature=r.temperature, top_p=r.top_p, seed=r.seed, logprobs=r.logprobs,
             )  # fmt: skip
         return out
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import time
 
 from fastapi import Request
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Histogram
+
+from asympo.runtime.metric_set import MetricSet
 
 
 class GatewayMetrics:
     """asympo_gateway_* request metrics."""
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.requests = Counter("asympo_gateway_requests", "requests by route and status", ["route", "status"],
-                                registry=r)  # fmt: skip
-        self.seconds = Histogram("asympo_gateway_request_seconds", "request latency", ["route"], registry=r)
+        m = MetricSet("gateway")
+        self.registry = m.registry
+        self.requests = m.counter("requests", "requests by route and status", ("route", "status"))
+        self.seconds = m.histogram(
+            "request_seconds", "request latency", Histogram.DEFAULT_BUCKETS, ("route",)
+        )
 
 
 async def count_requests(request: Request, call_next):

@@ -164,8 +164,10 @@ class _Calls:
         return RewardServiceError(f"reward service at {self.target}: {code.name}: {details}", code)
 
 
-class RewardClient:
-    """Blocking client of RewardService.Score; one instance may be shared by threads."""
+class _ClientBase:
+    """What both clients hold: the call rules (_Calls), one channel with the retry policy, the stub."""
+
+    _open_channel = None  # grpc.insecure_channel or grpc.aio.insecure_channel
 
     def __init__(
         self,
@@ -180,8 +182,14 @@ class RewardClient:
     ):
         self._calls = _Calls(target, parallelism, retries, backoff_s, slack_s, default_deadline_s, options)
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=self._calls.options)
+        self._channel = self._open_channel(target, options=self._calls.options)
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+
+
+class RewardClient(_ClientBase):
+    """Blocking client of RewardService.Score; one instance may be shared by threads."""
+
+    _open_channel = staticmethod(grpc.insecure_channel)
 
     def score(
         self,
@@ -209,24 +217,10 @@ class RewardClient:
         self.close()
 
 
-class AsyncRewardClient:
+class AsyncRewardClient(_ClientBase):
     """asyncio client of RewardService.Score; create and use it on one event loop."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        parallelism: int = 1,
-        retries: int = 4,
-        backoff_s: float = 0.2,
-        slack_s: float = 5.0,
-        default_deadline_s: float = SERVICE_DEFAULT_DEADLINE_S,
-        options: Sequence[tuple[str, object]] = (),
-    ):
-        self._calls = _Calls(target, parallelism, retries, backoff_s, slack_s, default_deadline_s, options)
-        self.target = target
-        self._channel = grpc.aio.insecure_channel(target, options=self._calls.options)
-        self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+    _open_channel = staticmethod(grpc.aio.insecure_channel)
 
     async def score(
         self,

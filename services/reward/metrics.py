@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from asympo.runtime.metric_set import MetricSet
 
 # Seconds: from cheap in-process checks (~10 µs) to items killed at a multi-second deadline.
 _ITEM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -12,49 +12,29 @@ _REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class RewardMetrics:
     """Counters, histograms and gauges named asympo_reward_*; `registry` is what the exporter serves."""
 
-    def __init__(self, registry: CollectorRegistry | None = None):
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        self.items = Counter(
-            "asympo_reward_items", "Items scored, by verifier and status", ["verifier", "status"], registry=r
-        )
-        self.item_seconds = Histogram(
-            "asympo_reward_item_seconds",
+    def __init__(self) -> None:
+        m = MetricSet("reward")
+        self.registry = m.registry
+        self.items = m.counter("items", "Items scored, by verifier and status", ("verifier", "status"))
+        self.item_seconds = m.histogram(
+            "item_seconds",
             "Time to score one item, waiting for a worker included",
-            ["verifier"],
-            buckets=_ITEM_BUCKETS,
-            registry=r,
+            _ITEM_BUCKETS,
+            ("verifier",),
         )
-        self.request_seconds = Histogram(
-            "asympo_reward_request_seconds",
-            "Time to answer one Score request",
-            buckets=_REQUEST_BUCKETS,
-            registry=r,
+        self.request_seconds = m.histogram(
+            "request_seconds", "Time to answer one Score request", _REQUEST_BUCKETS
         )
-        self.requests = Counter(
-            "asympo_reward_requests", "Score requests, by gRPC status code", ["code"], registry=r
+        self.requests = m.counter("requests", "Score requests, by gRPC status code", ("code",))
+        self.timeouts = m.counter(
+            "timeouts", "Items that missed their deadline (worker killed)", ("verifier",)
         )
-        self.timeouts = Counter(
-            "asympo_reward_timeouts",
-            "Items that missed their deadline (worker killed)",
-            ["verifier"],
-            registry=r,
+        self.pool_restarts = m.counter(
+            "pool_restarts", "Worker processes replaced, by reason (timeout, crash)", ("reason",)
         )
-        self.pool_restarts = Counter(
-            "asympo_reward_pool_restarts",
-            "Worker processes replaced, by reason (timeout, crash)",
-            ["reason"],
-            registry=r,
-        )
-        self.inflight_items = Gauge(
-            "asympo_reward_inflight_items", "Items being scored or waiting", registry=r
-        )
-        self.inflight_requests = Gauge(
-            "asympo_reward_inflight_requests", "Score requests in progress", registry=r
-        )
-        self.pool_workers = Gauge("asympo_reward_pool_workers", "Worker processes alive", registry=r)
-        self.pool_busy = Gauge(
-            "asympo_reward_pool_busy_workers", "Worker processes scoring an item", registry=r
-        )
+        self.inflight_items = m.gauge("inflight_items", "Items being scored or waiting")
+        self.inflight_requests = m.gauge("inflight_requests", "Score requests in progress")
+        self.pool_workers = m.gauge("pool_workers", "Worker processes alive")
+        self.pool_busy = m.gauge("pool_busy_workers", "Worker processes scoring an item")
         for reason in ("timeout", "crash"):
             self.pool_restarts.labels(reason)  # exported as 0 from the start, so rate() has a baseline

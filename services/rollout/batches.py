@@ -12,6 +12,7 @@ from asympo.bus import (
     StreamConsumer,
     encode,
 )
+from asympo.bus.scored import scored_group
 from asympo.jobs.records import JobRecord
 from asympo.proto.v1 import bus_pb2
 from services.reward.client import AsyncRewardClient, RewardServiceError
@@ -130,43 +131,18 @@ class BatchProcessor:
             task = d.message
             queued = max(0.0, t_start - int(d.entry_id.split("-")[0]) / 1000)
             out.append(
-                bus_pb2.ScoredGroup(
-                    job_id=task.job_id,
-                    prompt_id=task.prompt_id,
-                    prompt_token_ids=request.prompt_token_ids,
-                    completions=[
-                        bus_pb2.Completion(
-                            token_ids=s.token_ids,
-                            text=s.text,
-                            reward=r.reward,
-                            finish_reason=s.finish_reason,
-                            reward_status=r.status,
-                            behavior_logprobs=s.logprobs if grpo else [],
-                        )  # fmt: skip
-                        for s, r in zip(group, scores)
-                    ],
-                    gen_version_start=versions[0],
-                    gen_version_end=versions[1],
-                    pod=self.settings.pod,
-                    timings=bus_pb2.Timings(
-                        queued_s=queued, generate_s=timings.generate_s, score_s=timings.score_s
-                    ),
+                scored_group(
+                    task, request.prompt_token_ids, group, [(r.reward, r.status) for r in scores],
+                    versions=versions, pod=self.settings.pod, behavior_logprobs=grpo,
+                    timings=bus_pb2.Timings(queued_s=queued, generate_s=timings.generate_s, score_s=timings.score_s),
                 )
-            )
+            )  # fmt: skip
         return out
 
     def _request(self, task: bus_pb2.PromptTask, grpo: bool) -> GenRequest:
         ids = list(task.prompt_token_ids) or self.model.engine.tokenizer(task.prompt).input_ids
-        sp = task.sampling
-        return GenRequest(
-            prompt_token_ids=ids,
-            n=max(1, task.group_size),
-            max_new_tokens=sp.max_new_tokens or 256,
-            temperature=sp.temperature if sp.temperature > 0 else 1.0,
-            top_p=sp.top_p if 0 < sp.top_p <= 1 else 1.0,
-            seed=sp.seed,
-            logprobs=grpo,
-            stop_token_ids=tuple(sp.stop_token_ids),
+        return GenRequest.from_sampling(
+            ids, task.group_size, task.sampling, seed=task.sampling.seed, logprobs=grpo, unset_temperature=1.0
         )
 
     async def _score(self, task: bus_pb2.PromptTask, group: list[GenSample]):

@@ -27,10 +27,7 @@ def eval_requests(task: bus_pb2.EvalTask) -> list[GenRequest]:
     def request(
         prompt: bus_pb2.EvalPrompt, n: int, sp: bus_pb2.SamplingParams, seed: int | None
     ) -> GenRequest:
-        return GenRequest(
-            list(prompt.prompt_token_ids), n=n, max_new_tokens=sp.max_new_tokens or 256, temperature=sp.temperature,
-            top_p=sp.top_p if 0 < sp.top_p <= 1 else 1.0, seed=seed, stop_token_ids=tuple(sp.stop_token_ids),
-        )  # fmt: skip
+        return GenRequest.from_sampling(prompt.prompt_token_ids, n, sp, seed=seed)
 
     out = [request(p, 1, task.greedy, None) for p in task.prompts]
     if task.samples:

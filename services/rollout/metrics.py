@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from asympo.runtime.metric_set import MetricSet
 
 _LATENCY = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -11,40 +11,22 @@ class RolloutMetrics:
     """One registry per pod process."""
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.tokens = Counter("asympo_rollout_tokens_generated", "completion tokens generated", registry=r)
-        self.groups = Counter("asympo_rollout_groups_published", "ScoredGroups published", registry=r)
-        self.prompts_dead = Counter(
-            "asympo_rollout_prompts_dead_lettered", "prompts dead-lettered", registry=r
+        m = MetricSet("rollout")
+        self.registry = m.registry
+        self.tokens = m.counter("tokens_generated", "completion tokens generated")
+        self.groups = m.counter("groups_published", "ScoredGroups published")
+        self.prompts_dead = m.counter("prompts_dead_lettered", "prompts dead-lettered")
+        self.queue_wait = m.histogram(
+            "prompt_queue_wait_seconds", "dispatch to pick-up, per prompt", _LATENCY
         )
-        self.queue_wait = Histogram(
-            "asympo_rollout_prompt_queue_wait_seconds",
-            "dispatch to pick-up, per prompt",
-            buckets=_LATENCY,
-            registry=r,
-        )
-        self.generate_seconds = Histogram(
-            "asympo_rollout_generate_seconds", "engine time per batch", buckets=_LATENCY, registry=r
-        )
-        self.reward_seconds = Histogram(
-            "asympo_rollout_reward_seconds", "reward scoring time per batch", buckets=_LATENCY, registry=r
-        )
-        self.reward_failures = Counter(
-            "asympo_rollout_reward_failures", "reward calls that failed", registry=r
-        )
-        self.served_version = Gauge(
-            "asympo_rollout_served_version", "policy version being served", registry=r
-        )
-        self.tokens_per_s = Gauge("asympo_rollout_tokens_per_second", "generation throughput", registry=r)
-        self.reload_seconds = Histogram(
-            "asympo_rollout_reload_seconds", "fetch + verify + reload + probe", buckets=_LATENCY, registry=r
-        )
-        self.reload_failures = Counter(
-            "asympo_rollout_reload_failures", "reloads refused or failed", ["reason"], registry=r
-        )
+        self.generate_seconds = m.histogram("generate_seconds", "engine time per batch", _LATENCY)
+        self.reward_seconds = m.histogram("reward_seconds", "reward scoring time per batch", _LATENCY)
+        self.reward_failures = m.counter("reward_failures", "reward calls that failed")
+        self.served_version = m.gauge("served_version", "policy version being served")
+        self.tokens_per_s = m.gauge("tokens_per_second", "generation throughput")
+        self.reload_seconds = m.histogram("reload_seconds", "fetch + verify + reload + probe", _LATENCY)
+        self.reload_failures = m.counter("reload_failures", "reloads refused or failed", ("reason",))
         for reason in ("unreachable", "verify", "head", "probe", "engine"):
             self.reload_failures.labels(reason)  # exported as 0 from the start, so rate() has a baseline
-        self.eval_tasks = Counter(
-            "asympo_rollout_eval_tasks", "held-out evaluation tasks answered", registry=r
-        )
-        self.paused = Gauge("asympo_rollout_paused", "1 while the job is paused", registry=r)
+        self.eval_tasks = m.counter("eval_tasks", "held-out evaluation tasks answered")
+        self.paused = m.gauge("paused", "1 while the job is paused")

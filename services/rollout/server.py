@@ -51,14 +51,9 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
                 )
             tokenizer = pod.model.engine.tokenizer
             requests = [
-                GenRequest(
-                    prompt_token_ids=tokenizer(p).input_ids,
-                    n=n,
-                    max_new_tokens=sp.max_new_tokens or 64,
-                    temperature=sp.temperature,
-                    top_p=sp.top_p if 0 < sp.top_p <= 1 else 1.0,
-                    seed=sp.seed,
-                )  # fmt: skip
+                GenRequest.from_sampling(
+                    tokenizer(p).input_ids, n, sp, seed=sp.seed, default_max_new_tokens=64
+                )
                 for p in request.prompts
             ]
             if any(not r.prompt_token_ids for r in requests):

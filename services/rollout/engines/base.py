@@ -2,33 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-
-@dataclass(frozen=True)
-class GenRequest:
-    """One prompt to expand into n completions."""
-
-    prompt_token_ids: list[int]
-    n: int
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    logprobs: bool = False
-    stop_token_ids: tuple[int, ...] = ()  # besides the model's own EOS
-
-
-@dataclass
-class GenSample:
-    """One completion: token ids (EOS included when it stopped), text, finish reason, optional log-probs."""
-
-    token_ids: list[int]
-    text: str
-    finish_reason: str
-    logprobs: list[float] = field(default_factory=list)
+from asympo.models.generation import GenRequest as GenRequest
+from asympo.models.generation import GenSample as GenSample
 
 
 class EngineError(RuntimeError):

@@ -45,7 +45,7 @@ class HfEngine:
             if greedy:
                 groups = [group * n for group in groups]
             for i, group in zip(idx, groups):
-                out[i] = [GenSample(s.token_ids, s.text, s.finish_reason, s.logprobs) for s in group]
+                out[i] = group
         return out
 
     def load_weights(self, path: Path) -> None:
