@@ -35,10 +35,12 @@ from asympo.bus import JobKeys, read_all  # noqa: E402
 from asympo.cli.client import GatewayClient  # noqa: E402
 from asympo.cli.local_stack import LocalStack, StackConfig  # noqa: E402
 from asympo.cli.report import summarize  # noqa: E402
+from asympo.jobs.records import FINAL_STATES  # noqa: E402
 from asympo.jobs.spec import JobSpec  # noqa: E402
 from asympo.models.loading import resolve_model_path  # noqa: E402
 from asympo.models.prompts import Prompter  # noqa: E402
 from asympo.proto.v1 import bus_pb2  # noqa: E402
+from asympo.runtime.api_token import TOKEN_ENV  # noqa: E402
 from asympo.tasks import build_task  # noqa: E402
 from benchmarks import learner as learner_bench  # noqa: E402
 from benchmarks import rollout as rollout_bench  # noqa: E402
@@ -50,7 +52,7 @@ def _asympo(home: Path, *args: str, cache: Path | None = None) -> str:
     env = {**os.environ, "ASYMPO_HOME": str(home)}
     if cache:
         env["ASYMPO_LEARNER_MODEL_CACHE"] = str(cache)
-    env.pop("ASYMPO_API_TOKEN", None)
+    env.pop(TOKEN_ENV, None)
     env.pop("ASYMPO_REDIS_URL", None)
     proc = subprocess.run([sys.executable, "-m", "asympo.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1800)  # fmt: skip
@@ -66,7 +68,7 @@ def run_job(spec: JobSpec, home: Path, gateway_port: int, engine: str, cache: Pa
         stack = LocalStack(StackConfig(home=home))
         client = GatewayClient(stack.gateway_url(), (home / "api-token").read_text().strip())
         job_id = client.submit(spec.to_yaml())["job_id"]
-        while (job := client.job(job_id))["state"] not in ("succeeded", "failed", "cancelled"):
+        while (job := client.job(job_id))["state"] not in FINAL_STATES:
             print(f"  job {job_id}: {job['state']} step {job['step']}", file=sys.stderr)
             time.sleep(15)
         if job["state"] != "succeeded":

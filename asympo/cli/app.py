@@ -15,6 +15,7 @@ from asympo.cli.context import Ctx, fail
 from asympo.cli.local_stack import SERVICES, LocalStack, StackError
 from asympo.cli.models import models_app
 from asympo.cli.watch import watch_job, write_job_report
+from asympo.runtime.api_token import TOKEN_ENV
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Asynchronous RL post-training with ASymPO."
@@ -30,7 +31,7 @@ def main(
     url: str = typer.Option(
         None, envvar="ASYMPO_GATEWAY_URL", help="gateway URL (default: the local stack's)"
     ),
-    token: str = typer.Option(None, envvar="ASYMPO_API_TOKEN", help="gateway bearer token"),
+    token: str = typer.Option(None, envvar=TOKEN_ENV, help="gateway bearer token"),
 ):
     """Global options."""
     ctx.obj = Ctx(home, url, token)
@@ -90,9 +91,7 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
 
 def _print_status(st: dict, stack: LocalStack) -> None:
     typer.echo(f"redis:   {st['redis_url']}   (inspect: redis-cli -u {st['redis_url']})")
-    typer.echo(
-        f"gateway: {st['gateway_url']}   token in {stack.config.home / 'api-token'} or $ASYMPO_API_TOKEN"
-    )
+    typer.echo(f"gateway: {st['gateway_url']}   token in {stack.config.home / 'api-token'} or ${TOKEN_ENV}")
     typer.echo(f"logs:    {st['logs']}/<service>.log")
     for name, p in st["processes"].items():
         state = "running" if p["running"] else "NOT running"

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 
 from asympo.bus.connection import ENV_URL
 from asympo.bus.local_redis import pid_alive, start_redis, wait_gone
+from asympo.runtime.api_token import TOKEN_ENV
 
 if TYPE_CHECKING:
     import psutil
 
-TOKEN_ENV = "ASYMPO_API_TOKEN"
 SERVICES = ("reward", "rollout", "learner", "gateway")
 # psutil's create_time() adds the boot time, which the kernel gives in whole seconds that can move by
 # one between reads; a pid reused within a second or two of the first process starting is unheard of.

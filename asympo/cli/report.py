@@ -9,14 +9,11 @@ dropped) per second.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-
-def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+from asympo.jobs.values import json_safe, trailing_mean
 
 
 def summarize(job: dict, records: list[dict], versions: list[dict] | None = None) -> dict[str, Any]:
@@ -70,14 +67,6 @@ def summarize(job: dict, records: list[dict], versions: list[dict] | None = None
     }
 
 
-def _smooth(values: list[float], window: int = 10) -> list[float]:
-    out = []
-    for i in range(len(values)):
-        chunk = [v for v in values[max(0, i - window + 1) : i + 1] if v is not None]
-        out.append(sum(chunk) / len(chunk) if chunk else math.nan)
-    return out
-
-
 def plot(summary: dict, records: list[dict], path: Path) -> None:
     """Reward and held-out accuracy, trained tokens/s, and the staleness histogram, in one PNG."""
     import matplotlib
@@ -88,12 +77,14 @@ def plot(summary: dict, records: list[dict], path: Path) -> None:
     steps = [r for r in records if r.get("prompt_ids") is not None and not r.get("final")]
     x = [r["step"] for r in steps]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    axes[0].plot(x, _smooth([r.get("reward_mean") for r in steps]), label="training reward (10-step mean)")
+    axes[0].plot(
+        x, trailing_mean([r.get("reward_mean") for r in steps]), label="training reward (10-step mean)"
+    )
     evals = summary["accuracy_curve"]
     axes[0].plot([s for s, _ in evals], [a for _, a in evals], marker="o", label="held-out greedy accuracy")
     axes[0].set(xlabel="step", ylim=(0, 1), title="reward and accuracy")
     axes[0].legend(fontsize=8)
-    axes[1].plot(x, _smooth([r.get("tokens_per_s") for r in steps]), label="trained tokens/s per step")
+    axes[1].plot(x, trailing_mean([r.get("tokens_per_s") for r in steps]), label="trained tokens/s per step")
     axes[1].set(xlabel="step", title="learner throughput (10-step mean)")
     hist = summary["staleness_histogram"]
     axes[2].bar([int(k) for k in hist], list(hist.values()))
@@ -114,7 +105,7 @@ def write_report(job: dict, records: list[dict], versions: list[dict], out_dir: 
     """Write out_dir/summary.json, steps.json and curves.png; returns the summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(job, records, versions)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=_finite))
+    (out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=1))
     (out_dir / "steps.json").write_text(json.dumps(records))
     if any(r.get("prompt_ids") is not None for r in records):
         plot(summary, records, out_dir / "curves.png")

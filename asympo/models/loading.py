@@ -29,7 +29,7 @@ def resolve_model_path(spec: JobSpec, cache_dir: Path | None = None, progress: b
 def pick_device(requested: str) -> torch.device:
     """cuda when asked for (or 'auto' and available), else cpu."""
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("resources.device is 'cuda' but torch sees no CUDA device")
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")

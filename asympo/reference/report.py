@@ -9,18 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from asympo.jobs.values import json_safe, trailing_mean
 from asympo.reference.loop import RunResult
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or inf: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -28,7 +18,7 @@ def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
-        json.dump(_finite(data), fh, indent=1, allow_nan=False)
+        json.dump(json_safe(data), fh, indent=1, allow_nan=False)
     os.replace(tmp, path)
 
 
@@ -41,16 +31,6 @@ def run_log(result: RunResult) -> dict[str, Any]:
         "evals": result.evals,
         "steps": result.steps,
     }
-
-
-def _smooth(values: list[float], window: int = 10) -> list[float]:
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
-    return out
 
 
 def _mean(rows: list[list[float]]) -> list[float]:
@@ -81,10 +61,11 @@ def plot_runs(results: list[RunResult], path: Path, title: str) -> None:
         line = axes[0].plot(eval_steps, acc, style, marker=".", label=label)
         color = line[0].get_color()
         steps = [s["step"] + 1 for s in runs[0].steps]
-        reward = _mean([_smooth([s["reward_mean"] for s in r.steps]) for r in runs])
+        reward = _mean([trailing_mean([s["reward_mean"] for s in r.steps]) for r in runs])
         axes[1].plot(steps, reward, style, color=color, label=label)
         ratio = [
-            _smooth([s["R"] if math.isfinite(s.get("R", math.nan)) else 1.0 for s in r.steps]) for r in runs
+            trailing_mean([s["R"] if math.isfinite(s.get("R", math.nan)) else 1.0 for s in r.steps])
+            for r in runs
         ]
         axes[2].plot(steps, _mean(ratio), style, color=color, label=label)
     axes[0].set(title="held-out greedy accuracy", xlabel="step", ylim=(0, 1))

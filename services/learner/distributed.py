@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from asympo.models.loading import pick_device
+from asympo.runtime.ports import free_port
 
 # Ranks wait for each other at every step and through pauses that may last hours; a short collective
 # timeout would kill a paused job.
@@ -29,24 +31,15 @@ class World:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_world(device: str = "auto") -> World:
     """Join torchrun's process group (or make a group of one), with gloo on CPU and NCCL on GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    device = pick_device(device).type
     if not dist.is_initialized():
         if "RANK" not in os.environ:
             # A single process still gets a process group: FSDP2 and the collectives need one.
             os.environ.update(
                 {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(_free_port())}
+                 "MASTER_PORT": str(free_port())}
             )  # fmt: skip
         dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     rank, size = dist.get_rank(), dist.get_world_size()

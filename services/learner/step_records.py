@@ -9,6 +9,7 @@ import math
 import time
 
 from asympo.jobs.records import get_job, put_job
+from asympo.jobs.values import json_safe
 
 from .evaluation import LearnerEvaluation, RolloutEvaluation
 from .job_context import JobContext
@@ -69,9 +70,11 @@ class StepRecords:
 
     async def write_record(self, record: dict) -> None:
         """Append a record to the steps stream (non-finite numbers become null: JSON has no NaN)."""
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         await self.ctx.redis.xadd(
-            self.ctx.keys.steps, {"json": json.dumps(clean)}, maxlen=STEPS_MAXLEN, approximate=True
+            self.ctx.keys.steps,
+            {"json": json.dumps(json_safe(record))},
+            maxlen=STEPS_MAXLEN,
+            approximate=True,
         )
 
     async def evaluate(self, version: int, step: int) -> float | None:

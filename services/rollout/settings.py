@@ -48,7 +48,6 @@ class RolloutSettings(BaseSettings):
     max_deliveries: int = Field(5, ge=1, description="dead-letter a prompt after this many deliveries")
     reward_deadline_s: float = Field(10.0, gt=0, description="per-item deadline for reward scoring")
     weights_dir: Path = Field(Path(".asympo/weights"), description="where fetched weights are kept")
-    keep_versions: int = Field(2, ge=1, description="fetched versions kept on local disk")
     probe_tolerance: float | None = Field(
         None,
         gt=0,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from asympo.bus.local_redis import free_port
+from asympo.runtime.api_token import TOKEN_ENV
+from asympo.runtime.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +55,7 @@ def installed(tmp_path_factory) -> Path:
 def _run(
     bin_dir: Path, cwd: Path, *args: str, timeout: float = 300, **env: str
 ) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ASYMPO_API_TOKEN")}
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", TOKEN_ENV)}
     return subprocess.run([str(bin_dir / "asympo"), *args], cwd=cwd, env={**environ, **env}, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
 

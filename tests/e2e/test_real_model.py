@@ -11,6 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from asympo.bus import JobKeys, read_all
+from asympo.jobs.records import FINAL_STATES
 from asympo.jobs.spec import JobSpec
 from asympo.models.prompts import Prompter
 from asympo.proto.v1 import bus_pb2
@@ -36,7 +37,7 @@ async def test_smollm2_learns_a_few_steps_through_the_stack(stack, smollm2_path)
          "sampling.max_new_tokens": 16, "task.heldout_size": 8, "eval.every": 2, "eval.samples": 2}
     )  # fmt: skip
     job_id = client.submit(spec.to_yaml())["job_id"]
-    job = wait(client, job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"), 780)
+    job = wait(client, job_id, lambda j: j["state"] in FINAL_STATES, 780)
     assert job["state"] == "succeeded", job["message"]
 
     records = client.metrics(job_id, last=1000)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from asympo.bus.local_redis import free_port
 from asympo.cli.client import GatewayClient
 from asympo.cli.local_stack import _members
+from asympo.jobs.records import FINAL_STATES
+from asympo.runtime.ports import free_port
 from tests.support.local_stack import asympo, running_stack, wait
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,7 +86,7 @@ def test_a_job_over_rest_learns_with_a_rollout_pod_killed(stack):
     job = wait(client, job_id, lambda j: j["step"] >= 5 and both_publish(j), 300)
     assert job["step"] < steps - 20
     os.killpg(s.running_pid("rollout-1"), signal.SIGKILL)  # kill -9 a pod mid-job, engine core included
-    job = wait(client, job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"))
+    job = wait(client, job_id, lambda j: j["state"] in FINAL_STATES)
     assert job["state"] == "succeeded", job["message"]
     records = client.metrics(job_id, last=10_000)
     ids = [p for r in records for p in r.get("prompt_ids") or []]
@@ -164,7 +165,7 @@ def test_prometheus_answers_every_dashboard_query(stack, tmp_path):
             ).read_text()
             time.sleep(0.5)
         job_id = submit(client, **{"algorithm.steps": 20, "eval.every": 10})
-        job = wait(client, job_id, lambda j: j["state"] in ("succeeded", "failed", "cancelled"))
+        job = wait(client, job_id, lambda j: j["state"] in FINAL_STATES)
         assert job["state"] == "succeeded", job["message"]
         # Scrapes go on after the last step; a busy machine makes them late, so wait for the data.
         deadline = time.monotonic() + 120

@@ -67,7 +67,7 @@ def test_learner_benchmark(tmp_path):
 
 def test_real_model_benchmark(tmp_path, tiny_cache, tiny_model_path):
     """The real-model benchmark's three parts, run here on the tiny job and the hf engine to stay quick."""
-    from asympo.bus.local_redis import free_port
+    from asympo.runtime.ports import free_port
 
     result = _run(
         "real_model.py", "--job", "examples/jobs/arith-tiny.yaml", "--engine", "hf", "--steps", 2, "--prompts", 4,

@@ -10,9 +10,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from asympo.bus.local_redis import free_port
 from asympo.cli.client import GatewayClient
 from asympo.cli.local_stack import LocalStack, StackConfig
+from asympo.runtime.api_token import TOKEN_ENV
+from asympo.runtime.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,7 @@ def asympo(
         "ASYMPO_HOME": str(home),
         **({"ASYMPO_LEARNER_MODEL_CACHE": str(cache)} if cache else {}),
     }
-    env.pop("ASYMPO_API_TOKEN", None)
+    env.pop(TOKEN_ENV, None)
     env.pop("ASYMPO_REDIS_URL", None)  # the stack starts its own Redis
     return subprocess.run([sys.executable, "-m", "asympo.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
