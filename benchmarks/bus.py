@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -21,6 +18,7 @@ import timeit
 from pathlib import Path
 
 import redis
+from results_io import machine, write_result
 
 from asympo.bus import GROUP_LEARNER, JobKeys, StreamConsumer, connect, decode, encode, publish
 from asympo.bus.local_redis import start_redis
@@ -133,14 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
         "protobuf_decode_us_per_group": decode_us,
         "gap_us_per_group": 1e6 / statistics.median(bus_rates) - 1e6 / statistics.median(raw_rates),
         "redis_source": source,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_result(result, args.out)
     print(
         f"bus {result['bus_groups_per_s_median']:.0f} groups/s, raw {result['raw_groups_per_s_median']:.0f} groups/s, "
         f"ratio {result['ratio_bus_to_raw']:.2f} ({payload_bytes / 1024:.1f} KiB per group; of the "

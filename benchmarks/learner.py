@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import json
-import platform
 import random
 import shutil
 import statistics
@@ -36,6 +34,7 @@ if str(REPO) not in sys.path:  # run as a script: make `services` importable
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from results_io import machine, write_result  # noqa: E402
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
@@ -226,14 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         },  # fmt: skip
         "training": training,
         "publish": publishing,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": torch.get_num_threads(),
-            "torch": version("torch"),
-        },
+        "machine": machine(torch_threads=torch.get_num_threads(), torch=version("torch")),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_result(result, args.out)
     print(
         f"trained tokens/s: learner {training['learner_tokens_per_s_median']:.0f} vs plain "
         f"{training['plain_tokens_per_s_median']:.0f} (ratio {training['ratio_learner_to_plain']:.2f}); "

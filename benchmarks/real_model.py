@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from results_io import machine, write_result  # noqa: E402
+
 from asympo.bus import JobKeys, read_all  # noqa: E402
 from asympo.cli.client import GatewayClient  # noqa: E402
 from asympo.cli.local_stack import LocalStack, StackConfig  # noqa: E402
@@ -122,7 +124,7 @@ def plot(result: dict, path: Path) -> None:
         left += split[part]
     ax.barh(["step (wall)"], [result["job"]["step_seconds_median"]], color="grey")
     ax.set_xlabel("seconds (medians); the pod generates the next groups while the learner trains")
-    ax.set_title(f"{result['model']}: one step on {result['cpus']} CPU cores", fontsize=10)
+    ax.set_title(f"{result['model']}: one step on {result['machine']['cpus']} CPU cores", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -201,10 +203,9 @@ def measure(args: argparse.Namespace, argv: list[str] | None, work: Path) -> dic
             "publish_seconds_median": learner["publish"]["publish_seconds_median"],
             "copy_seconds_median": learner["publish"]["copy_seconds_median"],
         },
-        "cpus": os.cpu_count(),
+        "machine": machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_result(result, args.out)
     plot(result, args.out.with_suffix(".png"))
     g, t = result["generation"], result["training"]
     print(

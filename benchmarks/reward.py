@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import queue
 import random
 import statistics
@@ -27,6 +26,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
+
+from results_io import machine, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `services` importable
@@ -198,15 +199,11 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_grpc_to_inprocess": statistics.median(grpc_rates) / statistics.median(local_rates),
         # Each worker against one in-process loop: what the service keeps of a core it is given.
         "ratio_per_worker": statistics.median(grpc_rates) / statistics.median(local_rates) / args.workers,
-        "machine": {
-            "cpus": cpus,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "versions": {pkg: version(pkg) for pkg in ("grpcio", "protobuf", "math-verify", "sympy")},
-        },
+        "machine": machine(
+            cpus=cpus, versions={pkg: version(pkg) for pkg in ("grpcio", "protobuf", "math-verify", "sympy")}
+        ),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_result(result, args.out)
     print(
         f"gRPC {result['grpc_items_per_s_median']:.0f} items/s ({args.workers} workers, {args.clients} clients), "
         f"in-process {result['inprocess_items_per_s_median']:.0f} items/s, "

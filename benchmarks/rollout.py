@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +26,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from results_io import machine, write_result  # noqa: E402
 
 from asympo.bus import JobKeys, connect, dispatch, publish  # noqa: E402
 from asympo.bus.local_redis import start_redis  # noqa: E402
@@ -216,14 +215,9 @@ def measure(args: argparse.Namespace, argv: list[str] | None, work: Path) -> dic
         "disk_read_seconds_median": statistics.median(reads),
         "ratio_reload_to_disk_read": statistics.median(reloads) / statistics.median(reads),
         "final_served_version": served,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_result(result, args.out)
     print(
         f"{args.engine}: service {service_result['tokens_per_s']:.0f} tok/s vs engine direct "
         f"{engine_result['tokens_per_s']:.0f} tok/s (ratio {result['ratio_service_to_direct']:.2f}); reload "
