@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, Field, ValidationError
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, CliSettingsSource
 
 from asympo.runtime.telemetry import setup_logging
 
@@ -36,47 +36,29 @@ def _log_level(value: str) -> str:
 LogLevel = Annotated[str, AfterValidator(_log_level), Field(description="DEBUG, INFO, WARNING, ERROR")]
 
 
-def _flag_type(annotation):
-    # Flags are parsed as text and validated by pydantic; only plain numbers get argparse's help.
-    return {int: int, float: float}.get(annotation, str)
+def load_settings(cls: type[S], prog: str, description: str, argv: list[str] | None = None) -> S:
+    """Settings from the environment, overridden by the flags in argv; SettingsError names bad fields.
 
-
-def settings_parser(cls: type[BaseSettings], prog: str, description: str) -> argparse.ArgumentParser:
-    """An argparse parser with one --flag per settings field (default None = not given)."""
+    The flags are pydantic-settings' CLI source: one --kebab-case flag per field (--flag/--no-flag for
+    switches), parsed as text and validated by pydantic like the environment variables.
+    """
     prefix = cls.model_config.get("env_prefix", "")
-    p = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog=prog, description=f"{description} Every flag can also be set as {prefix}<NAME>."
     )
-    for name, info in cls.model_fields.items():
-        help_text = f"{info.description or name} (env {prefix}{name.upper()})"
-        if info.annotation is bool:
-            # A switch: --exit-when-idle turns it on, --no-exit-when-idle off.
-            p.add_argument(
-                "--" + name.replace("_", "-"),
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
-            continue
-        p.add_argument(
-            "--" + name.replace("_", "-"), type=_flag_type(info.annotation), default=None, help=help_text
-        )
-    return p
-
-
-def load_settings(cls: type[S], prog: str, description: str, argv: list[str] | None = None) -> S:
-    """Settings from the environment, overridden by the flags in argv; SettingsError names bad fields."""
-    args = settings_parser(cls, prog, description).parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if v is not None}
-    prefix = cls.model_config.get("env_prefix", "")
+    cli = CliSettingsSource(
+        cls, root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True, cli_parse_none_str="null"
+    )
+    source = cli(args=sys.argv[1:] if argv is None else argv)
+    flags = source()
     try:
-        return cls(**flags)
+        return cls(_cli_settings_source=source)
     except ValidationError as e:
         lines = []
         for err in e.errors():
             field = ".".join(str(x) for x in err["loc"]) or "(settings)"
-            source = "--" + field.replace("_", "-") if field in flags else f"{prefix}{field.upper()}"
-            lines.append(f"  {field} ({source}): {err['msg']}")
+            where = "--" + field.replace("_", "-") if field in flags else f"{prefix}{field.upper()}"
+            lines.append(f"  {field} ({where}): {err['msg']}")
         raise SettingsError(f"invalid {prog} settings:\n" + "\n".join(lines)) from None
 
 
