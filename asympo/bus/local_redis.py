@@ -164,7 +164,7 @@ def _start_binary(
             )
         log_tail = logfile.read_text()[-800:] if logfile.exists() else ""
         last_error = (proc.stderr or "") + log_tail
-        _shutdown(chosen, password)  # a server that did start but was not confirmed must not linger
+        shutdown_server(chosen, password)  # a server that did start but was not confirmed must not linger
     if temp_dir:
         shutil.rmtree(data_dir, ignore_errors=True)
     raise RedisUnavailable(f"{binary} did not start: {last_error.strip() or 'no output'}")
@@ -198,7 +198,8 @@ def _ping(client: redis.Redis) -> bool:
         return False
 
 
-def _shutdown(port: int, password: str | None) -> None:
+def shutdown_server(port: int, password: str | None) -> None:
+    """SHUTDOWN NOSAVE the local Redis on `port` (a wrong password changes nothing)."""
     with _client(port, password) as client:
         try:
             client.shutdown(nosave=True)

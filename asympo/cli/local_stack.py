@@ -293,7 +293,7 @@ def _ours(pid: int, started: float | None) -> psutil.Process | None:
         return None
 
 
-def _members(pgid: int) -> list[psutil.Process]:
+def group_members(pgid: int) -> list[psutil.Process]:
     """Live (non-zombie) processes of a process group."""
     import psutil
 
@@ -320,7 +320,7 @@ def _stop_tree(pid: int, started: float | None, timeout_s: float) -> bool:
     for send, wait_s in ((psutil.Process.terminate, timeout_s), (psutil.Process.kill, 10.0)):
         # Collected again before SIGKILL, as a dying process may have started children. The group
         # holds them even after the leader is gone; the tree also holds those that left the group.
-        procs = set(_members(pid))
+        procs = set(group_members(pid))
         if leader is not None:
             try:
                 procs |= {leader, *leader.children(recursive=True)}

