@@ -10,11 +10,9 @@ the stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from google.protobuf.message import Message
@@ -22,6 +20,8 @@ from redis.exceptions import ResponseError
 
 from asympo.bus.codec import EntryError, decode, encode
 from asympo.bus.connection import RETRYABLE
+from asympo.bus.delivery import ConsumerStats, Delivery
+from asympo.bus.lease import Lease
 from asympo.bus.stream_io import DEFAULT_MAXLEN, _id
 
 log = logging.getLogger(__name__)
@@ -32,40 +32,6 @@ local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
 if n > 0 then redis.call('HINCRBY', KEYS[2], 'consumed', n) end
 return n
 """
-
-# Reset the idle time of entries this consumer still owns, without counting a delivery (XCLAIM JUSTID);
-# an entry a peer has meanwhile taken over is left to that peer.
-_RENEW = """
-local renewed = 0
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    renewed = renewed + 1
-  end
-end
-return renewed
-"""
-
-
-@dataclass
-class Delivery:
-    """One usable entry handed to a consumer: its stream id, decoded message and delivery count."""
-
-    entry_id: str
-    message: Message
-    deliveries: int = 1
-
-
-@dataclass
-class ConsumerStats:
-    """What a consumer has seen, for metrics."""
-
-    delivered: int = 0
-    reclaimed: int = 0
-    dead_lettered: int = 0
-    dead_reasons: dict[str, int] = field(default_factory=dict)
-    reconnects: int = 0
 
 
 class StreamConsumer:
@@ -104,6 +70,7 @@ class StreamConsumer:
         self.claim_every_s = min(claim_idle_s / 2, 5.0)
         self._next_claim = 0.0
         self._group_ready = False
+        self.lease = Lease(redis, stream, group, consumer, claim_idle_s)
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if missing; idempotent."""
@@ -223,35 +190,11 @@ class StreamConsumer:
 
     async def renew(self, entry_ids: Sequence[str]) -> int:
         """Reset the idle time of the entries this consumer still holds; returns how many it holds."""
-        if not entry_ids:
-            return 0
-        return int(await self.redis.eval(_RENEW, 1, self.stream, self.group, self.consumer, *entry_ids))
+        return await self.lease.renew(entry_ids)
 
-    @contextlib.asynccontextmanager
-    async def holding(self, entry_ids: Sequence[str]) -> AsyncIterator[None]:
-        """Keep the entries claimed while the body works on them, however long it takes.
-
-        Peers reclaim entries idle longer than claim_idle_s; renewing a few times per window keeps
-        slow work (long generations) with its consumer, while a consumer that dies stops renewing and
-        its entries become reclaimable one window later.
-        """
-        ids = list(entry_ids)
-
-        async def renew_forever() -> None:
-            while True:
-                await asyncio.sleep(self.claim_idle_ms / 3000)
-                try:
-                    await self.renew(ids)
-                except RETRYABLE as exc:
-                    log.warning("could not renew the claim on %d entries: %s", len(ids), exc)
-
-        renewer = asyncio.ensure_future(renew_forever())
-        try:
-            yield
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+    def holding(self, entry_ids: Sequence[str]):
+        """Keep the entries claimed while the body works on them (an async context manager; see Lease)."""
+        return self.lease.holding(entry_ids)
 
     async def ack(self, entry_ids: Sequence[str]) -> None:
         """Acknowledge entries whose work is done (or deliberately dropped)."""

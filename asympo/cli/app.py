@@ -11,7 +11,7 @@ import typer
 
 from asympo.cli import runs
 from asympo.cli.client import GatewayError
-from asympo.cli.context import Ctx, fail
+from asympo.cli.context import Ctx, fail, require_extra
 from asympo.cli.local_stack import SERVICES, LocalStack, StackError
 from asympo.cli.models import models_app
 from asympo.cli.watch import watch_job, write_job_report
@@ -51,6 +51,7 @@ def up(
     ),
 ):
     """Start Redis and the services (only what is not running yet) and wait until they are healthy."""
+    require_extra("up", "local", runs.LOCAL_STACK_MODULES)
     extra = {"rollout": [f for item in rollout_flag for f in item.split("=", 1)]}
     stack = ctx.obj.stack(
         gateway_port=gateway_port, rollout_pods=rollout_pods, engine=engine, extra_flags=extra

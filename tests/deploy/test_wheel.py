@@ -91,3 +91,20 @@ def test_demo_from_the_wheel(installed, tmp_path, tiny_cache):
     assert "succeeded" in out.stdout
     reports = list((tmp_path / "home" / "reports").glob("*/summary.json"))
     assert len(reports) == 1
+
+
+def test_demo_without_the_local_extra_says_what_to_install(installed, tmp_path):
+    """The core alone (no torch, no services' extras): the demo names the extra instead of a traceback."""
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'math_verify'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    out = _run(installed, tmp_path, "--home", str(tmp_path / "home"), "demo", PYTHONPATH=str(tmp_path))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "pip install 'asympo[local]'" in out.stderr and "torch" in out.stderr
+    assert not (tmp_path / "home" / "pids").exists()  # nothing was started

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from asympo.cli.client import GatewayClient
-from asympo.cli.local_stack import group_members
+from asympo.cli.processes import group_members
 from asympo.jobs.records import FINAL_STATES
 from asympo.runtime.ports import free_port
 from tests.support.local_stack import asympo, running_stack, wait
