@@ -86,12 +86,16 @@ class RewardServiceUnavailable(RewardServiceError):
     """The reward service could not be reached, even after retries."""
 
 
-class _Calls:
-    """What both clients share: channel options, request building, the RPC deadline, response checking."""
+class _ClientBase:
+    """What both clients share: the channel (with the retry policy), request building, the RPC deadline,
+    response checking."""
+
+    _open_channel = None  # grpc.insecure_channel or grpc.aio.insecure_channel
 
     def __init__(
         self,
         target: str,
+        *,
         parallelism: int = 1,
         retries: int = 4,
         backoff_s: float = 0.2,
@@ -109,8 +113,10 @@ class _Calls:
         self.attempts = retries + 1
         self.slack_s = slack_s
         self.default_deadline_s = default_deadline_s
+        self._channel = self._open_channel(target, options=self.options)
+        self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
 
-    def request(
+    def _request(
         self, verifier: str, completions: Sequence[str], references: Sequence[str], deadline_s: float | None
     ) -> tuple[reward_pb2.ScoreRequest, float]:
         """The ScoreRequest and the RPC timeout for one batch; ValueError on inconsistent input."""
@@ -137,7 +143,7 @@ class _Calls:
         timeout = per_item * rounds + self.slack_s
         return reward_pb2.ScoreRequest(verifier=verifier, items=items, deadline_ms=deadline_ms), timeout
 
-    def results(self, response: reward_pb2.ScoreResponse, expected: int) -> list[ScoreResult]:
+    def _results(self, response: reward_pb2.ScoreResponse, expected: int) -> list[ScoreResult]:
         """The response's scores as ScoreResults; RewardServiceError if the service broke the contract."""
         if len(response.scores) != expected:
             raise RewardServiceError(
@@ -152,7 +158,7 @@ class _Calls:
             out.append(ScoreResult(s.reward, s.status, s.detail))
         return out
 
-    def failure(self, e: grpc.RpcError) -> RewardServiceError:
+    def _failure(self, e: grpc.RpcError) -> RewardServiceError:
         """The error to raise for a failed RPC."""
         code, details = e.code(), e.details()
         if code == grpc.StatusCode.UNAVAILABLE:
@@ -162,28 +168,6 @@ class _Calls:
                 f"reward service at {self.target} is unavailable after {attempts}: {details}", code
             )
         return RewardServiceError(f"reward service at {self.target}: {code.name}: {details}", code)
-
-
-class _ClientBase:
-    """What both clients hold: the call rules (_Calls), one channel with the retry policy, the stub."""
-
-    _open_channel = None  # grpc.insecure_channel or grpc.aio.insecure_channel
-
-    def __init__(
-        self,
-        target: str,
-        *,
-        parallelism: int = 1,
-        retries: int = 4,
-        backoff_s: float = 0.2,
-        slack_s: float = 5.0,
-        default_deadline_s: float = SERVICE_DEFAULT_DEADLINE_S,
-        options: Sequence[tuple[str, object]] = (),
-    ):
-        self._calls = _Calls(target, parallelism, retries, backoff_s, slack_s, default_deadline_s, options)
-        self.target = target
-        self._channel = self._open_channel(target, options=self._calls.options)
-        self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
 
 
 class RewardClient(_ClientBase):
@@ -199,12 +183,12 @@ class RewardClient(_ClientBase):
         deadline_s: float | None = None,
     ) -> list[ScoreResult]:
         """Score each completion against its reference; `deadline_s` is per item (None: service default)."""
-        request, timeout = self._calls.request(verifier, completions, references, deadline_s)
+        request, timeout = self._request(verifier, completions, references, deadline_s)
         try:
             response = self._stub.Score(request, timeout=timeout)
         except grpc.RpcError as e:
-            raise self._calls.failure(e) from None
-        return self._calls.results(response, len(completions))
+            raise self._failure(e) from None
+        return self._results(response, len(completions))
 
     def close(self) -> None:
         """Close the channel."""
@@ -230,12 +214,12 @@ class AsyncRewardClient(_ClientBase):
         deadline_s: float | None = None,
     ) -> list[ScoreResult]:
         """Score each completion against its reference; `deadline_s` is per item (None: service default)."""
-        request, timeout = self._calls.request(verifier, completions, references, deadline_s)
+        request, timeout = self._request(verifier, completions, references, deadline_s)
         try:
             response = await self._stub.Score(request, timeout=timeout)
         except grpc.RpcError as e:
-            raise self._calls.failure(e) from None
-        return self._calls.results(response, len(completions))
+            raise self._failure(e) from None
+        return self._results(response, len(completions))
 
     async def close(self) -> None:
         """Close the channel."""
