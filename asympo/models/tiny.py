@@ -5,12 +5,11 @@ SFT under a one-cycle schedule and stops as soon as greedy accuracy reaches the 
 result is saved in HF format (safetensors; embeddings untied unless the spec ties them, which is how
 the tied heads of real LLMs are tested on CPU) and cached by a hash of everything that determines it.
 
-    python -m asympo.models.tiny [JOB.yaml] [--out DIR]
+`asympo models build-tiny [JOB.yaml] [--out DIR]` builds one by hand.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from asympo.jobs.spec import TINY_ALPHABET, ArithmeticTaskSpec, JobSpec, TinyModelSpec
+from asympo.jobs.spec import TINY_ALPHABET, ArithmeticTaskSpec, TinyModelSpec
 from asympo.models.evaluate import greedy_accuracy
 from asympo.models.prompts import Prompter
 from asympo.tasks import ArithmeticTask
@@ -195,26 +194,3 @@ def tiny_model_dir(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Build (or find in the cache) the tiny model of a job spec and print its directory."""
-    parser = argparse.ArgumentParser(description="Build the warm-started tiny model of a job spec.")
-    parser.add_argument("job", nargs="?", help="job YAML (default: the built-in defaults)")
-    parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="also copy the model to this directory")
-    args = parser.parse_args(argv)
-    spec = JobSpec.load(args.job) if args.job else JobSpec()
-    if not isinstance(spec.task, ArithmeticTaskSpec):
-        raise SystemExit("the tiny model is built for the arithmetic task; this job uses a dataset")
-    path = tiny_model_dir(spec.model.tiny, spec.task, args.cache_dir)
-    if args.out:
-        shutil.copytree(path, args.out, dirs_exist_ok=True)
-        path = args.out
-    print(path)
-    print(json.dumps(json.loads((path / MANIFEST).read_text()), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
