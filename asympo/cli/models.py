@@ -8,7 +8,9 @@ import typer
 
 from asympo.cli.context import fail
 
-models_app = typer.Typer(no_args_is_help=True, help="Bring real models into asympo's format, or build the tiny test model.")
+models_app = typer.Typer(
+    no_args_is_help=True, help="Bring real models into asympo's format, or build the tiny test model."
+)
 
 
 @models_app.command("import-gguf")
