@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 
 from asympo.bus.codec import EntryError, decode, encode
 from asympo.bus.connection import RETRYABLE
+from asympo.bus.dead_letters import DeadLetters
 from asympo.bus.delivery import ConsumerStats, Delivery
 from asympo.bus.lease import Lease
 from asympo.bus.stream_io import DEFAULT_MAXLEN, _id
@@ -71,6 +72,7 @@ class StreamConsumer:
         self._next_claim = 0.0
         self._group_ready = False
         self.lease = Lease(redis, stream, group, consumer, claim_idle_s)
+        self.dead_letters = DeadLetters(self)
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if missing; idempotent."""
@@ -238,26 +240,4 @@ class StreamConsumer:
 
     async def dead_letter(self, entry_id: str, fields, reason: str) -> None:
         """Record the entry and its reason in the dead-letter stream and ACK it, atomically."""
-        raw = {(k.decode() if isinstance(k, bytes) else k): v for k, v in (fields or {}).items()}
-        record = {
-            "stream": self.stream,
-            "group": self.group,
-            "consumer": self.consumer,
-            "entry_id": entry_id,
-            "reason": reason,
-            "at": f"{time.time():.3f}",
-            "pb": raw.get("pb", b""),
-            "v": raw.get("v", b""),
-        }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.dead_stream, record, maxlen=DEFAULT_MAXLEN, approximate=True)
-            pipe.xack(self.stream, self.group, entry_id)
-            if self.flow_key:
-                pipe.hincrby(self.flow_key, "dropped", 1)
-            await pipe.execute()
-        self.stats.dead_lettered += 1
-        kind = reason.split(" (")[0]
-        self.stats.dead_reasons[kind] = self.stats.dead_reasons.get(kind, 0) + 1
-        log.warning(
-            "dead-lettered %s %s from %s: %s", self.message_type.__name__, entry_id, self.stream, reason
-        )
+        await self.dead_letters.put(entry_id, fields, reason)
