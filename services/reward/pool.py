@@ -15,8 +15,8 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
+from .pool_members import PoolTask, PoolWorker
 from .scores import ScoreResult, error, timed_out
 from .worker import worker_main
 
@@ -25,24 +25,6 @@ log = logging.getLogger(__name__)
 
 class PoolClosed(RuntimeError):
     """The pool is shutting down and takes no more items."""
-
-
-@dataclass(eq=False)
-class _Task:
-    id: int
-    future: asyncio.Future
-    deadline_s: float
-    timer: asyncio.TimerHandle | None = None
-
-
-@dataclass(eq=False)
-class _Worker:
-    process: multiprocessing.process.BaseProcess
-    conn: multiprocessing.connection.Connection
-    ready: asyncio.Future
-    state: str = "starting"  # starting | idle | busy | dead
-    task: _Task | None = None
-    pid: int | None = field(default=None)
 
 
 class WorkerPool:
@@ -70,8 +52,8 @@ class WorkerPool:
             # in milliseconds instead of re-importing them for a second or more.
             self._ctx.set_forkserver_preload(["services.reward.worker", *self.plugins])
         self._on_restart = on_restart
-        self._workers: set[_Worker] = set()
-        self._idle: asyncio.Queue[_Worker | None] | None = None
+        self._workers: set[PoolWorker] = set()
+        self._idle: asyncio.Queue[PoolWorker | None] | None = None
         self._ids = itertools.count()
         self._closing = False
         self._background: set[asyncio.Task] = set()
@@ -104,7 +86,7 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         for _ in range(3):
             worker = await self._acquire()
-            task = _Task(next(self._ids), loop.create_future(), deadline_s)
+            task = PoolTask(next(self._ids), loop.create_future(), deadline_s)
             worker.task, worker.state = task, "busy"
             try:
                 worker.conn.send((task.id, verifier, completion, reference))
@@ -134,18 +116,18 @@ class WorkerPool:
             await asyncio.sleep(0.05)
         for w in list(self._workers):
             if w.state == "idle":
-                self._discard(w, farewell=True)
+                w.discard(farewell=True)
         for w in list(self._workers):
             await loop.run_in_executor(None, w.process.join, max(0.0, deadline - time.monotonic()))
             if w.process.is_alive():
                 w.process.kill()
                 await loop.run_in_executor(None, w.process.join, 5.0)
-            self._discard(w)
+            w.discard()
             if w.task is not None:
-                self._finish(w.task, error("the reward service shut down before this item was scored"))
+                w.task.finish(error("the reward service shut down before this item was scored"))
         self._workers.clear()
 
-    async def _acquire(self) -> _Worker:
+    async def _acquire(self) -> PoolWorker:
         while True:
             worker = await self._idle.get() if not self._closing else None
             if worker is None or self._closing:
@@ -156,7 +138,7 @@ class WorkerPool:
                 return worker
             # A worker that died while idle is still queued; its replacement is queued separately.
 
-    async def _spawn(self) -> _Worker:
+    async def _spawn(self) -> PoolWorker:
         loop = asyncio.get_running_loop()
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
@@ -164,20 +146,20 @@ class WorkerPool:
         )
         process.start()
         child.close()  # the parent's copy would keep the pipe open after the worker dies, hiding its EOF
-        worker = _Worker(process, parent, loop.create_future(), pid=process.pid)
+        worker = PoolWorker(process, parent, loop.create_future(), pid=process.pid)
         self._workers.add(worker)
         loop.add_reader(parent.fileno(), self._on_readable, worker)
         try:
             await asyncio.wait_for(asyncio.shield(worker.ready), self.start_timeout_s)
         except BaseException:
-            self._discard(worker)
+            worker.discard()
             process.kill()
             await loop.run_in_executor(None, process.join, 5.0)
             self._workers.discard(worker)
             raise
         return worker
 
-    def _on_readable(self, worker: _Worker) -> None:
+    def _on_readable(self, worker: PoolWorker) -> None:
         try:
             message = worker.conn.recv()
         except (EOFError, OSError):
@@ -194,7 +176,7 @@ class WorkerPool:
             if task.timer is not None:
                 task.timer.cancel()
             worker.task, worker.state = None, "idle"
-            self._finish(task, ScoreResult(*message[2:]))
+            task.finish(ScoreResult(*message[2:]))
             self._idle.put_nowait(worker)
         elif kind == "ready":
             worker.state = "idle"
@@ -204,9 +186,9 @@ class WorkerPool:
         elif kind == "failed":
             if not worker.ready.done():
                 worker.ready.set_exception(RuntimeError(f"reward worker failed to start: {message[1]}"))
-            self._discard(worker)
+            worker.discard()
 
-    def _on_deadline(self, worker: _Worker, task: _Task) -> None:
+    def _on_deadline(self, worker: PoolWorker, task: PoolTask) -> None:
         if worker.task is not task:
             return
         worker.process.kill()
@@ -214,15 +196,15 @@ class WorkerPool:
             "item missed its deadline; worker killed",
             extra={"pid": worker.pid, "deadline_s": task.deadline_s},
         )
-        self._finish(task, timed_out(f"scoring took longer than {task.deadline_s:g} s; worker killed"))
+        task.finish(timed_out(f"scoring took longer than {task.deadline_s:g} s; worker killed"))
         worker.task = None
         self._retire(worker, "timeout")
 
-    def _retire(self, worker: _Worker, reason: str) -> None:
+    def _retire(self, worker: PoolWorker, reason: str) -> None:
         if worker.state == "dead":
             return
         starting = worker.state == "starting"
-        self._discard(worker)
+        worker.discard()
         if starting:
             if not worker.ready.done():
                 worker.ready.set_exception(RuntimeError("reward worker exited during start-up"))
@@ -230,28 +212,11 @@ class WorkerPool:
         if not self._closing:
             self._run_in_background(self._replace(worker, reason))
 
-    def _discard(self, worker: _Worker, farewell: bool = False) -> None:
-        if worker.state == "dead":
-            return
-        worker.state = "dead"
-        try:
-            asyncio.get_running_loop().remove_reader(worker.conn.fileno())
-            if farewell:
-                worker.conn.send(None)  # an idle worker exits on None; its EOF is no longer watched
-        except (OSError, ValueError):
-            pass
-        worker.conn.close()
-
-    async def _replace(self, worker: _Worker, reason: str) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, worker.process.join, 5.0)
-        if worker.process.is_alive():
-            worker.process.kill()
-            await loop.run_in_executor(None, worker.process.join, 5.0)
-        exitcode = worker.process.exitcode
+    async def _replace(self, worker: PoolWorker, reason: str) -> None:
+        exitcode = await worker.reap()
         self._workers.discard(worker)
         if worker.task is not None:  # a crash, not a deadline: the item's result waited for the exit code
-            self._finish(worker.task, error(f"worker process died (exit code {exitcode}) while scoring"))
+            worker.task.finish(error(f"worker process died (exit code {exitcode}) while scoring"))
             worker.task = None
         self.restarts += 1
         if self._on_restart is not None:
@@ -270,12 +235,6 @@ class WorkerPool:
                 log.exception("could not start a replacement worker; retrying", extra={"backoff_s": backoff})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
-
-    def _finish(self, task: _Task, result: ScoreResult) -> None:
-        if task.timer is not None:
-            task.timer.cancel()
-        if not task.future.done():
-            task.future.set_result(result)
 
     def _run_in_background(self, coro) -> None:
         t = asyncio.ensure_future(coro)
