@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 ENV_URL = "ASYMPO_REDIS_URL"
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError, OSError)
@@ -28,7 +28,12 @@ def redis_url(url: str | None = None) -> str:
 def connect(
     url: str | None = None, *, retries: int = 8, socket_timeout: float | None = 30.0
 ) -> aioredis.Redis:
-    """An asyncio client whose commands retry on connection loss with capped, jittered backoff."""
+    """An asyncio client whose commands retry on connection loss with capped, jittered backoff.
+
+    A command whose reply is lost is sent again, so it may run twice: every write the bus makes is
+    written to be harmless the second time (asympo.bus.flow, ledger, streams).
+    """
+    # The asyncio Retry: the synchronous one returns the coroutine unawaited and so never retries.
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=5.0), retries)
     return aioredis.Redis.from_url(
         redis_url(url),

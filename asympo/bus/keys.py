@@ -59,9 +59,24 @@ class JobKeys:
         return self._key("pods")
 
     @property
-    def seen(self) -> str:
-        """Set of prompt_ids the learner has consumed (de-duplication)."""
-        return self._key("seen")
+    def claims(self) -> str:
+        """Hash prompt_id → id of the groups-stream entry that claimed it (de-duplication)."""
+        return self._key("claims")
+
+    @property
+    def claim_ages(self) -> str:
+        """Sorted set prompt_id → policy version at its claim (old claims are pruned by it)."""
+        return self._key("claim-ages")
+
+    @property
+    def lease(self) -> str:
+        """Hash: the learner lease and its fencing token (asympo.bus.fence)."""
+        return self._key("lease")
+
+    @property
+    def drops(self) -> str:
+        """Stream of the learner's drop records: reason and prompt_ids of prompts never trained."""
+        return self._key("drops")
 
     @property
     def steps(self) -> str:
@@ -82,3 +97,9 @@ class JobKeys:
     def eval_results(self) -> str:
         """Stream of EvalResult, read by the learner."""
         return self._key("eval-results")
+
+    def all(self) -> list[str]:
+        """Every key of the job (what retention expires); the job's record in `asympo:jobs` stays."""
+        names = ("prompts", "groups", "policy", "control", "dead", "pods", "claims", "claim_ages", "lease",
+                 "drops", "steps", "flow", "evals", "eval_results")  # fmt: skip
+        return [getattr(self, name) for name in names] + [self._key("seen")]

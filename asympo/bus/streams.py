@@ -1,7 +1,7 @@
 """Consumer-group streams with at-least-once delivery, reclaiming and dead-lettering.
 
 A consumer ACKs an entry only after its output is durably written (`ack_and_publish` does both in
-one MULTI/EXEC). Entries a dead consumer held are taken over with XAUTOCLAIM once idle longer than
+one script, and publishes only for inputs its XACK really took off the pending list). Entries a dead consumer held are taken over with XAUTOCLAIM once idle longer than
 `claim_idle_s`; an entry delivered more than `max_deliveries` times, or one that cannot be decoded,
 goes to the job's dead-letter stream with its reason and is ACKed, so a poison message never blocks
 the stream.
@@ -18,20 +18,25 @@ import redis.asyncio as aioredis
 from google.protobuf.message import Message
 from redis.exceptions import ResponseError
 
-from asympo.bus.codec import EntryError, decode, encode
+from asympo.bus.codec import SCHEMA_VERSION, EntryError, decode, encode
 from asympo.bus.connection import RETRYABLE
 from asympo.bus.dead_letters import DeadLetters
 from asympo.bus.delivery import ConsumerStats, Delivery
 from asympo.bus.lease import Lease
-from asympo.bus.stream_io import DEFAULT_MAXLEN, _id
+from asympo.bus.stream_io import _id
 
 log = logging.getLogger(__name__)
 
-# XACK and count what was really acknowledged, in one step (Lua runs atomically).
-_ACK_CONSUMED = """
-local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
-if n > 0 then redis.call('HINCRBY', KEYS[2], 'consumed', n) end
-return n
+# For each (input id, output payload) pair: XADD the output only if XACK removed the input from the
+# pending list just now.
+_ACK_AND_PUBLISH = """
+local out = {}
+for i = 3, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    out[#out + 1] = redis.call('XADD', KEYS[2], '*', 'pb', ARGV[i + 1], 'v', ARGV[2])
+  end
+end
+return out
 """
 
 
@@ -203,19 +208,6 @@ class StreamConsumer:
         if entry_ids:
             await self.redis.xack(self.stream, self.group, *entry_ids)
 
-    async def ack_consumed(self, entry_ids: Sequence[str]) -> int:
-        """Acknowledge entries and count those still pending as consumed, atomically; returns that count.
-
-        Idempotent: an entry already acknowledged (a commit finished again after a restart) counts nothing.
-        """
-        if not entry_ids:
-            return 0
-        if self.flow_key is None:
-            raise ValueError("ack_consumed needs the consumer's flow_key")
-        return int(
-            await self.redis.eval(_ACK_CONSUMED, 2, self.stream, self.flow_key, self.group, *entry_ids)
-        )
-
     async def consumers(self) -> list[str]:
         """The names of the group's consumers."""
         if not self._group_ready:
@@ -223,20 +215,23 @@ class StreamConsumer:
         return [_id(c["name"]) for c in await self.redis.xinfo_consumers(self.stream, self.group)]
 
     async def ack_and_publish(
-        self,
-        entry_ids: Sequence[str],
-        out_stream: str,
-        messages: Sequence[Message],
-        maxlen: int = DEFAULT_MAXLEN,
+        self, entry_ids: Sequence[str], out_stream: str, messages: Sequence[Message]
     ) -> list[str]:
-        """XADD the outputs and XACK the inputs in one MULTI/EXEC: either both happen or neither."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for message in messages:
-                pipe.xadd(out_stream, encode(message), maxlen=maxlen, approximate=True)
-            if entry_ids:
-                pipe.xack(self.stream, self.group, *entry_ids)
-            replies = await pipe.execute()
-        return [_id(r) for r in replies[: len(messages)]]
+        """Publish each input's output and XACK the input, atomically, for the inputs still pending.
+
+        An input a peer has already finished (it took the entry over and ACKed it) publishes nothing,
+        and neither does a second run of the same call (redis-py re-sends a command whose reply was
+        lost), so a task never turns into two groups. Returns the ids of what was published.
+        """
+        if len(entry_ids) != len(messages):
+            raise ValueError(f"{len(entry_ids)} inputs but {len(messages)} outputs")
+        if not entry_ids:
+            return []
+        payloads = [x for eid, m in zip(entry_ids, messages) for x in (eid, encode(m)["pb"])]
+        published = await self.redis.eval(
+            _ACK_AND_PUBLISH, 2, self.stream, out_stream, self.group, SCHEMA_VERSION, *payloads
+        )
+        return [_id(i) for i in published]
 
     async def dead_letter(self, entry_id: str, fields, reason: str) -> None:
         """Record the entry and its reason in the dead-letter stream and ACK it, atomically."""

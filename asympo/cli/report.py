@@ -1,70 +1,15 @@
-"""A finished (or running) job's report from its step records: curves PNG and summary.json.
-
-Throughput is over the job's wall time from the base model's evaluation (step-0 record) to the last
-step: samples/s = responses trained per second, tokens/s trained = response tokens trained per
-second, tokens/s generated = response tokens of every group that reached the learner (trained or
-dropped) per second.
-"""
+"""A finished (or running) job's report from its step records: curves PNG and summary.json (see
+asympo.jobs.summary for what the summary holds)."""
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
+from asympo.jobs.summary import summarize
 from asympo.jobs.values import json_safe, trailing_mean
 
-
-def summarize(job: dict, records: list[dict], versions: list[dict] | None = None) -> dict[str, Any]:
-    """The summary of a job: accuracy before and after, throughput, staleness, drops."""
-    steps = [r for r in records if r.get("prompt_ids") is not None and not r.get("final")]
-    # Evaluations on the pods arrive as their own records, after the steps that follow them: order by step.
-    evals = sorted(
-        {r["step"]: r["heldout_accuracy"] for r in records if r.get("heldout_accuracy") is not None}.items()
-    )
-    sampled = [r for r in records if r.get("eval_samples")]
-    start = next((r["time"] for r in records if r.get("step") == 0), steps[0]["time"] - steps[0]["seconds"]
-                 if steps else None)  # fmt: skip
-    wall = (steps[-1]["time"] - start) if steps and start else None
-    responses = sum(r.get("responses", 0) for r in steps)
-    tokens = sum(r.get("tokens", 0) for r in steps)
-    generated = sum(r.get("generated_tokens", 0) for r in steps)
-    staleness = Counter(s for r in steps for s in r.get("staleness", []))
-    spec = job.get("spec", {})
-    algo = spec.get("algorithm", {})
-    per_s = (lambda n: n / wall) if wall else (lambda n: None)  # noqa: E731
-    return {
-        "job_id": job.get("job_id"),
-        "state": job.get("state"),
-        "loss": algo.get("loss"),
-        "max_staleness": algo.get("max_staleness"),
-        "steps": steps[-1]["step"] if steps else 0,
-        "steps_planned": algo.get("steps"),
-        "initial_accuracy": evals[0][1] if evals and evals[0][0] == 0 else None,
-        "final_accuracy": evals[-1][1] if evals else None,
-        "accuracy_curve": evals,
-        "heldout_mean_at_k": (
-            {
-                "k": sampled[-1]["eval_samples"],
-                "step": sampled[-1]["step"],
-                "value": sampled[-1][f"heldout_mean_at_{sampled[-1]['eval_samples']}"],
-            }
-            if sampled
-            else None
-        ),  # fmt: skip
-        "wall_seconds": wall,
-        "samples_per_s": per_s(responses),
-        "tokens_per_s_generated": per_s(generated),
-        "tokens_per_s_trained": per_s(tokens),
-        "responses_trained": responses,
-        "tokens_trained": tokens,
-        "tokens_generated": generated,
-        "staleness_histogram": {str(k): v for k, v in sorted(staleness.items())},
-        "dropped": steps[-1].get("dropped") if steps else {},
-        "versions_published": len(versions) if versions is not None else None,
-        "newest_version": versions[-1]["version"] if versions else None,
-    }
+__all__ = ["plot", "summarize", "write_report"]
 
 
 def plot(summary: dict, records: list[dict], path: Path) -> None:

@@ -29,6 +29,9 @@ class JobRecord(BaseModel):
     updated_at: float = Field(default_factory=time.time)
     step: int = 0
     version: int = 0
+    # Set once the job has ended: its summary (asympo.jobs.summary), and when its streams expire.
+    report: dict | None = None
+    expires_at: float | None = None
 
 
 class PodStatus(BaseModel):

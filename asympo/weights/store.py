@@ -18,6 +18,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from asympo.proto.v1 import bus_pb2
+from asympo.runtime import fence_file
+from asympo.runtime.durable import fsync_dir, fsync_tree
 from asympo.weights.probes import Probe, compute_probes
 
 MANIFEST = "asympo_version.json"
@@ -132,18 +134,6 @@ def verify_version(path: Path, sha256: str | None = None) -> VersionManifest:
     return manifest
 
 
-def _fsync_tree(path: Path) -> None:
-    for f in path.rglob("*"):
-        if f.is_file():
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_version(
     store: Path,
     job_id: str,
@@ -157,13 +147,15 @@ def write_version(
     keep: int = 3,
     replace: bool = False,
     grace_s: float = 0.0,
+    fence_token: int | None = None,
 ) -> tuple[bus_pb2.PolicyVersion, Path]:
     """Write a version atomically and return its PolicyVersion and directory; older versions beyond `keep` go.
 
     `state_dict` (e.g. FSDP2's gathered full state dict) is saved instead of the model's own.
     Version 0, the base model, is never garbage-collected: it is where a restarted job starts over.
     An existing directory of the same number is refused unless it holds the same weights, or `replace`
-    says it was never announced (a crashed attempt's leftover). Older versions go as gc_versions says.
+    says it was never announced (a crashed attempt's leftover). With `fence_token`, nothing is renamed
+    once a newer learner has claimed the job's directory (asympo.runtime.fence_file). Older versions go as gc_versions says.
     """
     target = version_dir(store, job_id, version)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +169,9 @@ def write_version(
         manifest = VersionManifest(job_id, version, step, digest, total, files, probes, time.time())
         (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1))
         tmp.chmod(0o755)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
+        # A learner that lost the job (a newer one claimed the job's directory) must not replace anything.
+        fence_file.check(target.parent, fence_token)
         if target.exists() and replace:
             _discard(target)
         if target.exists():
@@ -187,6 +181,7 @@ def write_version(
             shutil.rmtree(tmp)
         else:
             os.rename(tmp, target)
+            fsync_dir(target.parent)  # the rename itself must survive a machine crash
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

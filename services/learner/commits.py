@@ -1,4 +1,20 @@
-"""Publishing and checkpointing a job's versions: write, checkpoint with a commit record, announce; resume completes a half-done commit."""
+"""Versions, checkpoints and resuming: the learner's side of the commit protocol (docs/architecture.md).
+
+A step's effects happen in this order, each durable before the next begins:
+
+1. train (in memory only);
+2. write the new version's directory (unannounced; a number above the newest announced one is free);
+3. announce it on the policy stream (fenced);
+4. commit: ACK the step's groups, count them trained and append the step record, in one fenced script;
+5. every `checkpoint.every` steps, checkpoint (a new directory, fsynced, then LATEST).
+
+A restarted learner restores the newest loadable checkpoint (step S, version V) and `roll_back`
+supersedes what came after it: step records after S (their prompts are counted as dropped,
+`rolled_back`, since their updates are gone), evaluations of versions after V and any final record.
+Groups read but never committed are still pending for their rank and are trained now. If versions
+after V were announced, the restored weights are published as the next number, replacing a directory
+a crash left unannounced there, so versions never repeat and never skip.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +24,23 @@ import logging
 import time
 from pathlib import Path
 
-from asympo.bus import newest_version, publish
+from asympo.bus import newest_version, reconcile
+from asympo.bus.fence import check_fence
 from asympo.proto.v1 import bus_pb2
-from asympo.weights.store import announcement, version_dir, write_version
+from asympo.runtime import fence_file
+from asympo.weights.store import write_version
 
 from . import distributed as D
+from . import failpoints
 from .admission import Admission
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, point_latest, write_checkpoint
 from .control import JobControl
 from .job_context import JobContext, Progress
 from .step_records import StepRecords
 
 log = logging.getLogger(__name__)
+
+POLICY_MAXLEN = 10_000
 
 
 def _rank_of(consumer: str) -> int | None:
@@ -27,7 +48,7 @@ def _rank_of(consumer: str) -> int | None:
 
 
 class VersionCommits:
-    """The job's versions and checkpoints: write, checkpoint with the step's commit, announce; resume."""
+    """The job's versions and checkpoints: write, announce, checkpoint; resume after a crash."""
 
     def __init__(
         self, ctx: JobContext, policy, admission: Admission, records: StepRecords, control: JobControl
@@ -38,44 +59,36 @@ class VersionCommits:
         self.records = records
         self.control = control
         self.ckpt_dir = Path(ctx.settings.checkpoint_dir) / ctx.job_id
+        # Versions announced by steps a roll-back undid (their evaluations no longer matter).
+        self.superseded: set[int] = set()
 
     async def resume_or_start(self) -> None:
-        """Restore the LATEST checkpoint (finishing its commit) or publish version 0; recover pending groups."""
+        """Restore the newest checkpoint and roll back what followed it, or publish version 0."""
         ctx, w = self.ctx, self.ctx.world
         policy = self.policy
+        if w.is_main and ctx.fence_token is not None:
+            # From here on a learner that held the job before this one cannot change its files.
+            for directory in (Path(ctx.settings.weight_store) / ctx.job_id, self.ckpt_dir):
+                await asyncio.to_thread(fence_file.claim, directory, ctx.fence_token)
         meta = await asyncio.to_thread(load_checkpoint, self.ckpt_dir, policy.model, policy.optimizer, w)
         if meta is not None:
-            await self._complete_commit(meta)
-        # The checkpoint's groups are ACKed before any rank recovers its pending ones.
+            ctx.progress = Progress(meta["step"], meta["version"])
+        if w.is_main:
+            await self.roll_back()
+        # Superseded records are gone before any rank trains again.
         await asyncio.to_thread(D.barrier, w)
-        # Ranks beyond this world (a restart with fewer ranks) left pending groups: rank 0 adopts them.
-        orphans = []
-        if w.is_main:
-            orphans = [
-                c
-                for c in await self.admission.consumer.consumers()
-                if _rank_of(c) is not None and _rank_of(c) >= w.size
-            ]
-        recovered = await self.admission.consumer.recover_own(adopt=orphans)
-        self.admission.buffer = recovered
-        if meta is not None:
-            ctx.progress = Progress(meta["step"], meta["version"], meta.get("dropped", Progress().dropped))
-            ctx.max_staleness = meta.get("max_staleness", ctx.max_staleness)
-            log.info(
-                "resumed from checkpoint",
-                extra={"step": meta["step"], "version": meta["version"], "pending_groups": len(recovered)},
-            )
-            newest = D.broadcast(await self._newest_published() if w.is_main else None, w)
-            if newest is not None and newest > self.ctx.progress.version:
-                # Versions after the checkpoint were published from steps now rolled back: continue the
-                # numbering with the restored weights instead of repeating a version.
-                self.ctx.progress.version = newest
-                await self.publish()
-            return
-        if w.is_main:
-            await self.control.set_state("starting")
+        await self._recover_pending()
         newest = D.broadcast(await self._newest_published() if w.is_main else None, w)
-        if newest is None:
+        if meta is not None:
+            log.info("resumed from checkpoint", extra={"step": meta["step"], "version": meta["version"],
+                     "checkpoint": meta["dir"], "pending_groups": len(self.admission.buffer)})  # fmt: skip
+            if newest is not None and newest > ctx.progress.version:
+                # Versions after the checkpoint came from steps now rolled back: continue the numbering
+                # with the restored weights instead of repeating a version.
+                self.superseded = set(range(ctx.progress.version + 1, newest + 1))
+                ctx.progress.version = newest
+                await self.publish()
+        elif newest is None:
             await self.publish(version=0)
             if w.is_main and self.records.evaluation is not None:
                 # The step-0 record marks the job's start; the base model's accuracy is in it, or in an
@@ -83,11 +96,65 @@ class VersionCommits:
                 record = {"step": 0, "version": 0, "time": time.time()}
                 record["heldout_accuracy"] = await self.records.evaluate(0, 0)
                 await self.records.write_record(record)
+            await self.checkpoint()
         else:
-            # A restart before the first checkpoint: the base model is already out; start over from it.
-            self.ctx.progress.version = newest
+            # The base model is out but the first checkpoint never completed: nothing was trained yet.
+            ctx.progress.version = newest
             await self.publish()
-        await self.checkpoint()
+            await self.checkpoint()
+        if w.is_main:
+            counted, found = await reconcile(ctx.redis, ctx.keys, ctx.fence)
+            if counted != found:
+                log.warning("in-flight count reconciled with the streams",
+                            extra={"counted": counted, "found": found})  # fmt: skip
+
+    async def roll_back(self) -> None:
+        """Supersede the records of steps after the restored checkpoint (rank 0)."""
+        s, v = self.ctx.progress.step, self.ctx.progress.version
+        ids, prompts, steps = [], [], []
+        cursor = "+"
+        while True:
+            page = await self.ctx.redis.xrevrange(self.ctx.keys.steps, max=cursor, count=200)
+            if cursor != "+":
+                page = page[1:]  # the cursor entry itself was on the previous page
+            if not page:
+                break
+            done = False
+            for raw_id, fields in page:
+                entry_id, record = raw_id.decode(), json.loads(fields[b"json"])
+                if record.get("prompt_ids") is not None and record["step"] <= s:
+                    done = True  # records before it are all older than the checkpoint
+                    break
+                if (
+                    record.get("prompt_ids") is not None
+                    or record.get("final")
+                    or (record.get("eval") and record.get("version", 0) > v)
+                ):
+                    ids.append(entry_id)
+                    prompts += record.get("prompt_ids") or []
+                    if record.get("prompt_ids") is not None:
+                        steps.append(record["step"])
+            if done:
+                break
+            cursor = page[-1][0].decode()
+        if not ids:
+            return
+        record = {"rollback": True, "step": s, "version": v, "superseded_steps": sorted(steps),
+                  "rolled_back_prompts": len(prompts), "time": time.time()}  # fmt: skip
+        await self.ctx.ledger.roll_back(ids, prompts, record)
+        self.ctx.metrics.groups_dropped.labels("rolled_back").inc(len(prompts))
+        log.warning("rolled back to the checkpoint: later steps are superseded, their prompts dropped",
+                    extra={"step": s, "superseded_steps": len(steps), "rolled_back_prompts": len(prompts)})  # fmt: skip
+
+    async def _recover_pending(self) -> None:
+        """Take back the groups this rank (and ranks beyond this world) read but never committed."""
+        w = self.ctx.world
+        orphans = []
+        if w.is_main:
+            # Ranks beyond this world (a restart with fewer ranks) left pending groups: rank 0 adopts them.
+            orphans = [c for c in await self.admission.consumer.consumers()
+                       if _rank_of(c) is not None and _rank_of(c) >= w.size]  # fmt: skip
+        self.admission.buffer = await self.admission.consumer.recover_own(adopt=orphans)
 
     async def _newest_published(self) -> int | None:
         pv = await newest_version(self.ctx.redis, self.ctx.keys)
@@ -103,23 +170,26 @@ class VersionCommits:
         pv = None
         if self.ctx.world.is_main:
             self.policy.publisher.load_state_dict(state)
+            s = self.ctx.settings
             # Numbers above the newest announced one are free: a directory there is a crashed attempt's.
             pv, _ = await asyncio.to_thread(
-                write_version, self.ctx.settings.weight_store, self.ctx.job_id, self.ctx.progress.version + 1,
-                self.ctx.progress.step, self.policy.publisher, self.policy.tokenizer, keep=self.ctx.settings.keep_versions,
-                replace=True, grace_s=self.ctx.settings.version_grace_s,
+                write_version, s.weight_store, self.ctx.job_id, self.ctx.progress.version + 1,
+                self.ctx.progress.step, self.policy.publisher, self.policy.tokenizer, keep=s.keep_versions,
+                replace=True, grace_s=s.version_grace_s, fence_token=self.ctx.fence_token,
             )  # fmt: skip
+        failpoints.reach("after_write_version", self.ctx.progress.step)
         return pv, time.perf_counter() - t0
 
     async def announce(self, pv: bus_pb2.PolicyVersion | None) -> None:
-        """XADD the written version (rank 0); from then on every rank dispatches and trains at it."""
+        """XADD the written version (rank 0, fenced); from then on every rank dispatches and trains at it."""
         if self.ctx.world.is_main:
-            await publish(self.ctx.redis, self.ctx.keys.policy, [pv])
+            await self.ctx.ledger.publish(self.ctx.keys.policy, [pv], maxlen=POLICY_MAXLEN)
             self.ctx.metrics.version.set(pv.version)
             log.info("published", extra={"version": pv.version, "step": pv.step, "bytes": pv.bytes})
         await asyncio.to_thread(D.barrier, self.ctx.world)
         # Only now: the dispatcher stamps tasks with this version, which pods must be able to load.
         self.ctx.progress.version += 1
+        failpoints.reach("after_announce", self.ctx.progress.step)
 
     async def publish(self, version: int | None = None) -> float:
         """Write and announce the next version (or `version`) at once: start-up and resume."""
@@ -130,41 +200,22 @@ class VersionCommits:
         await self.announce(pv)
         return time.perf_counter() - t0
 
-    async def checkpoint(self, commit: dict | None = None) -> None:
+    async def checkpoint(self) -> None:
+        """Checkpoint the model, optimizer and counters (all ranks); LATEST moves once it is durable."""
+        ctx = self.ctx
         t0 = time.perf_counter()
-        meta = {
-            "job_id": self.ctx.job_id, "step": self.ctx.progress.step, "version": self.ctx.progress.version,
-            "dropped": self.ctx.progress.dropped, "max_staleness": self.ctx.max_staleness, "created_at": time.time(),
-        }  # fmt: skip
-        if commit is not None:
-            meta["commit"] = commit
-            if commit["version"] is not None:
-                meta["version"] = commit["version"]  # what the step publishes, announced or not
-        await asyncio.to_thread(
-            save_checkpoint,
-            self.ckpt_dir,
-            self.policy.model,
-            self.policy.optimizer,
-            self.ctx.world,
-            meta,
-            self.ctx.settings.keep_checkpoints,
+        meta = {"job_id": ctx.job_id, "step": ctx.progress.step, "version": ctx.progress.version,
+                "fence": ctx.fence.token, "created_at": time.time()}  # fmt: skip
+        policy = self.policy
+        step_dir = await asyncio.to_thread(
+            write_checkpoint, self.ckpt_dir, policy.model, policy.optimizer, ctx.world, meta
         )
-        self.ctx.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
-
-    async def _complete_commit(self, meta: dict) -> None:
-        """Finish what the checkpoint's step had not: announce its version, ACK its groups, write its record."""
-        commit = meta.get("commit")
-        if not commit or not self.ctx.world.is_main:
-            return
-        newest = await self._newest_published()
-        if commit["version"] is not None and (newest is None or newest < commit["version"]):
-            path = version_dir(self.ctx.settings.weight_store, self.ctx.job_id, commit["version"])
-            await publish(self.ctx.redis, self.ctx.keys.policy, [await asyncio.to_thread(announcement, path)])
-            log.info("announced the checkpoint's version", extra={"version": commit["version"]})
-        await self.admission.consumer.ack_consumed(
-            commit["entries"]
-        )  # idempotent: only still-pending ones count
-        last = await self.ctx.redis.xrevrange(self.ctx.keys.steps, count=20)
-        written = {json.loads(f[b"json"]).get("step") for _, f in last}
-        if commit["record"] is not None and meta["step"] not in written:
-            await self.records.write_record(commit["record"])
+        failpoints.reach("checkpoint_written", ctx.progress.step)
+        if ctx.world.is_main:
+            await check_fence(ctx.redis, ctx.fence)  # a learner that lost the job must not move LATEST
+            await asyncio.to_thread(
+                point_latest, self.ckpt_dir, step_dir, ctx.settings.keep_checkpoints, ctx.fence_token
+            )
+        await asyncio.to_thread(D.barrier, ctx.world)
+        failpoints.reach("checkpoint_pointed", ctx.progress.step)
+        ctx.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)

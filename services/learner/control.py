@@ -1,23 +1,30 @@
-"""Control of a running job: pause, resume, cancel and live knobs, decided on rank 0 and shared with all ranks."""
+"""Control of a running job: its state and live knobs as the job record holds them, decided on rank 0.
+
+The gateway applies pause, resume, cancel and knob changes to the job record itself (asympo.jobs.control),
+so a request made while the learner is starting the job, or is down, is not lost: the learner reads the
+record before every step and follows it. Its own transitions (starting → running, → succeeded) are
+compare-and-set and fenced, so they never overwrite a user's cancel and never come from a learner
+that lost the job.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
-import yaml
-
-from asympo.bus.follow import StreamFollower
-from asympo.jobs.records import FINAL_STATES, JobRecord, get_job, put_job
-from asympo.jobs.spec import SpecError, live_knob
-from asympo.proto.v1 import bus_pb2
+from asympo.jobs.records import JobRecord, get_job
+from asympo.jobs.spec import LIVE_KNOBS
+from asympo.jobs.states import transition, update_job
 
 from . import distributed as D
 from .job_context import JobContext
 
 log = logging.getLogger(__name__)
+
+
+class JobFailure(RuntimeError):
+    """The job cannot go on; the message becomes the job's."""
 
 
 @dataclass
@@ -30,14 +37,12 @@ class Decision:
 
 
 class JobControl:
-    """The job's record and control stream: rank 0 applies events, every rank follows its decisions."""
+    """The job's record: rank 0 reads state and knobs from it, every rank follows its decisions."""
 
-    def __init__(self, ctx: JobContext, job: JobRecord, on_knob: Callable[[], None] = lambda: None):
+    def __init__(self, ctx: JobContext, job: JobRecord, on_knob=lambda: None):
         self.ctx = ctx
         self.job = job
         self.on_knob = on_knob  # e.g. the dispatcher picks up a new max_staleness
-        self.follower = StreamFollower(ctx.redis, ctx.keys.control, bus_pb2.ControlEvent, ctx.job_id)
-        self._replayed = False
 
     async def record(self) -> JobRecord | None:
         """The job's record as Redis holds it now (None if it was deleted)."""
@@ -51,12 +56,18 @@ class JobControl:
     async def decide(self) -> Decision:
         """The next action for every rank (rank 0 decides, the others receive it)."""
         decision = await self._main_decision() if self.ctx.world.is_main else None
-        return await asyncio.to_thread(D.broadcast, decision, self.ctx.world)
+        decision = await asyncio.to_thread(D.broadcast, decision, self.ctx.world)
+        if decision.action == "fail":
+            raise JobFailure(decision.reason)
+        return decision
 
     async def _main_decision(self) -> Decision:
-        await self.apply_events()
         job = await self.record()
+        if job is not None:
+            self.follow_knobs(job)
         k = self.ctx.max_staleness
+        if self.ctx.failure:
+            return Decision("fail", k, self.ctx.failure)
         if self.ctx.stopping.is_set():
             return Decision("stop", k, "shutdown")
         if job is None or job.state == "cancelled":
@@ -65,54 +76,50 @@ class JobControl:
             return Decision("pause", k)
         return Decision("train", k)
 
-    async def apply_events(self) -> None:
-        """Apply the control events not seen yet (rank 0)."""
-        # On the first call the whole stream is read: earlier knob settings are re-applied (a restarted
-        # learner keeps them), earlier pause/resume/cancel are not (the job record holds their outcome).
-        replaying, self._replayed = not self._replayed, True
-        for event in await self.follower.read():
-            await self._apply_event(event, replaying)
+    def follow_knobs(self, job: JobRecord) -> None:
+        """Take the live knobs (validated by whoever changed them) from the record's spec."""
+        changed = False
+        for dotted in LIVE_KNOBS.values():
+            section, name = dotted.split(".")
+            new = getattr(getattr(job.spec, section), name)
+            if getattr(getattr(self.ctx.spec, section), name) != new:
+                setattr(getattr(self.ctx.spec, section), name, new)
+                log.info("knob set", extra={"key": dotted, "value": new})
+                changed = True
+        if changed:
+            self.ctx.max_staleness = self.ctx.spec.algorithm.max_staleness
+            self.on_knob()
 
-    async def _apply_event(self, event: bus_pb2.ControlEvent, replaying: bool) -> None:
-        if event.kind == "set":
-            await self._apply_knob(event.key, event.value, persist=not replaying)
-            return
-        job = await self.record()
-        if replaying or job is None:
-            return
-        if event.kind == "pause" and job.state == "running":
-            await self.set_state("paused")
-        elif event.kind == "resume" and job.state == "paused":
-            await self.set_state("running")
-        elif event.kind == "cancel" and job.state not in FINAL_STATES:
-            await self.set_state("cancelled")
-        elif event.kind not in ("pause", "resume", "cancel"):
-            log.warning("unknown control event kind ignored", extra={"kind": event.kind})
+    async def set_state(self, state: str, message: str | None = None, only_from=None) -> JobRecord:
+        """Move the job to `state` (with the current step and version), if the state machine allows it."""
+        p = self.ctx.progress
+        self.job = await transition(
+            self.ctx.redis, self.ctx.job_id, state, message=message, only_from=only_from, fence=self.ctx.fence,
+            step=p.step, version=p.version,
+        )  # fmt: skip
+        return self.job
 
-    async def _apply_knob(self, key: str, value: str, persist: bool) -> None:
-        """Set a live knob (validated like the job spec) and, unless replaying, record it in the job's spec."""
-        ctx = self.ctx
-        try:
-            dotted = live_knob(key)
-            updated = ctx.spec.with_overrides({dotted: yaml.safe_load(value)})
-        except (SpecError, yaml.YAMLError) as exc:
-            log.warning("control event ignored", extra={"key": key, "value": value, "cause": str(exc)})
-            return
-        section = dotted.split(".")[0]
-        setattr(ctx.spec, section, getattr(updated, section))
-        ctx.max_staleness = ctx.spec.algorithm.max_staleness
-        self.on_knob()
-        log.info("knob set", extra={"key": dotted, "value": value})
-        if persist:
-            job = await self.record()
-            if job is not None:
-                setattr(job.spec, section, getattr(updated, section))
-                await put_job(ctx.redis, job)
+    async def start(self) -> JobRecord:
+        """starting → running once the job is loaded; a job paused or cancelled meanwhile stays so."""
 
-    async def set_state(self, state: str, message: str = "") -> None:
-        """Write the job's state (with the current step and version) to its record."""
-        job = await self.record() or self.job
-        job.state, job.message = state, message or job.message
-        job.step, job.version = self.ctx.progress.step, self.ctx.progress.version
-        await put_job(self.ctx.redis, job)
-        self.job = job
+        def change(job: JobRecord) -> JobRecord | None:
+            if job.state not in ("queued", "starting"):
+                return None
+            job.state = "running"
+            job.step, job.version = self.ctx.progress.step, self.ctx.progress.version
+            return job
+
+        self.job = await update_job(self.ctx.redis, self.ctx.job_id, change, fence=self.ctx.fence)
+        return self.job
+
+    async def record_progress(self) -> None:
+        """Write the current step and version into the record (whatever its state)."""
+        p = self.ctx.progress
+
+        def change(job: JobRecord) -> JobRecord | None:
+            if (job.step, job.version) == (p.step, p.version):
+                return None
+            job.step, job.version = p.step, p.version
+            return job
+
+        await update_job(self.ctx.redis, self.ctx.job_id, change, fence=self.ctx.fence)

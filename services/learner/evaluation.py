@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from asympo.bus import JobKeys, decode, publish
+from asympo.bus import JobKeys, Ledger, decode
 from asympo.bus.codec import EntryError
 from asympo.bus.follow import StreamFollower
 from asympo.jobs.spec import JobSpec
@@ -114,16 +114,17 @@ class RolloutEvaluation:
 
     engine = "rollout"
 
-    def __init__(self, redis: aioredis.Redis, job_id: str, spec: JobSpec, prompter: Prompter):
-        self.redis, self.spec, self.prompter = redis, spec, prompter
+    def __init__(self, redis: aioredis.Redis, job_id: str, spec: JobSpec, prompter: Prompter, ledger: Ledger):
+        self.redis, self.spec, self.prompter, self.ledger = redis, spec, prompter, ledger
         self.keys = JobKeys(job_id)
         self.rounds: dict[int, Round] = {}
         self.done: set[int] = set()
         self.results: dict[int, dict] = {}  # the records of rounds completed by this learner
         self.results_stream = StreamFollower(redis, self.keys.eval_results, bus_pb2.EvalResult, job_id)
 
-    async def resume(self) -> None:
-        """After a restart: versions already recorded are done; requested ones are awaited again."""
+    async def resume(self, superseded: set[int] = frozenset()) -> None:
+        """After a restart: versions already recorded are done; requested ones are awaited again, except
+        `superseded` ones (versions of steps a roll-back undid)."""
         for _, fields in await self.redis.xrange(self.keys.steps):
             record = json.loads(fields[b"json"])
             if record.get("eval"):
@@ -133,7 +134,7 @@ class RolloutEvaluation:
                 task = decode(fields, bus_pb2.EvalTask, self.keys.job_id)
             except EntryError:
                 continue
-            if task.version not in self.done:
+            if task.version not in self.done and task.version not in superseded:
                 self.rounds.setdefault(
                     task.version, Round(task.version, task.step, task.chunks, task.samples)
                 )
@@ -144,7 +145,7 @@ class RolloutEvaluation:
             return
         tasks = eval_tasks(self.spec, self.keys.job_id, version, step, self.prompter)
         self.rounds[version] = Round(version, step, len(tasks), self.spec.eval.samples)
-        await publish(self.redis, self.keys.evals, tasks)
+        await self.ledger.publish(self.keys.evals, tasks)
         log.info("evaluation requested", extra={"version": version, "step": step, "tasks": len(tasks)})
 
     async def collect(self) -> list[dict]:

@@ -1,18 +1,10 @@
 """One job on the learner: load, publish version 0, train step by step, publish, checkpoint, finish.
 
 All ranks run `JobRun.run()` together. Rank 0 also dispatches prompts (in the background, so rollout
-pods keep generating while a step trains), applies control events to the job record, publishes
-versions and writes the per-step records. Every step starts with rank 0 broadcasting what to do
-(train, pause, stop) and the live knobs, so all ranks always agree.
-
-Commit rule: a group's prompt_id enters the job's de-duplication set when the group is read (a second
-group for the same prompt is refused from then on). A step trains, publishes, then ACKs its groups and
-counts them consumed (one transaction), then writes its record. After a crash the learner resumes from
-the LATEST checkpoint: groups read but not ACKed are still pending for their rank and are trained
-(again, if their step was lost); groups ACKed after the checkpoint are not trained again, so their
-updates are lost with the rolled-back steps, but no prompt_id ever appears in two step records.
-Version numbers never repeat: a restarted learner that finds versions newer than its checkpoint
-publishes the restored weights as the next version.
+pods keep generating while a step trains), keeps the job's Redis footprint bounded (housekeeping),
+follows the job record (state, live knobs), publishes versions and commits the step records. Every
+step starts with rank 0 broadcasting what to do (train, pause, stop) and the live knobs, so all ranks
+always agree. The order of a step's effects and what a restart makes of each is in commits.py.
 """
 
 from __future__ import annotations
@@ -24,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from asympo.bus import GROUP_LEARNER, GROUP_ROLLOUT, StreamConsumer, read_flow
+from asympo.bus import GROUP_LEARNER, GROUP_ROLLOUT, Fence, Fenced, StreamConsumer, read_flow
 from asympo.bus.stream_io import undelivered
 from asympo.jobs.records import JobRecord
 from asympo.models.loading import load_policy, resolve_model_path
@@ -32,11 +24,13 @@ from asympo.models.prompts import Prompter
 from asympo.proto.v1 import bus_pb2
 
 from . import distributed as D
+from . import failpoints
 from .admission import Admission
 from .commits import VersionCommits
 from .control import JobControl
 from .dispatcher import Dispatcher
 from .evaluation import LearnerEvaluation, RolloutEvaluation
+from .housekeeping import Housekeeping
 from .job_context import JobContext, Progress
 from .metrics import LearnerMetrics
 from .settings import LearnerSettings
@@ -63,13 +57,16 @@ class JobRun:
     """A job from load to finish on this rank: the step loop, wiring its parts together."""
 
     def __init__(
-        self, settings: LearnerSettings, world: D.World, redis, job: JobRecord, metrics: LearnerMetrics
-    ):
-        self.ctx = JobContext(settings, world, redis, job.job_id, job.spec, metrics)
+        self, settings: LearnerSettings, world: D.World, redis, job: JobRecord, metrics: LearnerMetrics,
+        fence: Fence | None = None,
+    ):  # fmt: skip
+        self.ctx = JobContext(settings, world, redis, job.job_id, job.spec, metrics, fence)
         self.control = JobControl(self.ctx, job, on_knob=self._knob_changed)
         self.dispatcher: Dispatcher | None = None
         self.records: StepRecords | None = None  # the parts below exist once the model is loaded
         self._background: list[asyncio.Task] = []
+        # Set when a background task finds that a newer learner took the job: the run stops at once.
+        self.fenced: Fenced | None = None
 
     @property
     def job_id(self) -> str:
@@ -123,13 +120,10 @@ class JobRun:
         evaluation = None
         if w.is_main and spec.eval.every:
             if spec.eval_engine() == "rollout":
-                evaluation = RolloutEvaluation(ctx.redis, ctx.job_id, spec, prompter)
-                await evaluation.resume()
+                evaluation = RolloutEvaluation(ctx.redis, ctx.job_id, spec, prompter, ctx.ledger)
             else:
                 evaluation = LearnerEvaluation(spec, publisher, prompter)
         self.records = StepRecords(ctx, evaluation)
-        if isinstance(evaluation, RolloutEvaluation):
-            self._background.append(asyncio.ensure_future(self.records.collect_evals_forever()))
         self.commits = VersionCommits(ctx, self.policy, self.admission, self.records, self.control)
 
     # ---- the job ---------------------------------------------------------------------------------
@@ -145,13 +139,22 @@ class JobRun:
         await self._load()
         await self.commits.resume_or_start()
         if w.is_main:
-            self.dispatcher = Dispatcher(ctx.redis, ctx.job_id, ctx.spec, self.policy.prompter)
-            self._background.append(asyncio.ensure_future(self._dispatch_forever()))
-            job = await self.control.record()
-            if job is not None and job.state in ("queued", "starting", "running"):
-                await self.control.set_state("running")
+            evaluation = self.records.evaluation
+            if isinstance(evaluation, RolloutEvaluation):
+                # After a roll-back, evaluations of the superseded versions are no longer awaited.
+                await evaluation.resume(self.commits.superseded)
+                self._background.append(
+                    asyncio.ensure_future(self._guard(self.records.collect_evals_forever()))
+                )
+            self.dispatcher = Dispatcher(ctx.redis, ctx.job_id, ctx.spec, self.policy.prompter, ctx.fence)
+            self.housekeeping = Housekeeping(ctx, self.admission, self.dispatcher)
+            self._background.append(asyncio.ensure_future(self._guard(self._dispatch_forever())))
+            job = await self.control.start()  # a job paused or cancelled while starting stays so
+            log.info("job started", extra={"job": ctx.job_id, "state": job.state if job else None})
         try:
             while ctx.progress.step < algo.steps:
+                if self.fenced is not None:
+                    raise self.fenced
                 decision = await self.control.decide()
                 if decision.action == "stop":
                     if decision.reason == "cancelled":
@@ -166,25 +169,43 @@ class JobRun:
             await self._finish()
             return "succeeded"
         finally:
-            for task in self._background:
-                task.cancel()
+            self._stop_background()
             ctx.metrics.job_active.set(0)
 
+    def _stop_background(self) -> None:
+        for task in self._background:
+            task.cancel()
+        self._background = []
+
+    async def _guard(self, work) -> None:
+        """Run a background task; a Fenced error there stops the whole run instead of being retried."""
+        try:
+            await work
+        except Fenced as exc:
+            log.error("a newer learner holds the job; stopping", extra={"cause": str(exc)})
+            self.fenced = exc
+            self.ctx.stopping.set()
+
     async def _dispatch_forever(self) -> None:
-        ctx = self.ctx
+        ctx, s = self.ctx, self.ctx.settings
+        next_housekeeping = 0.0
         while True:
             try:
                 running = await self.control.running()
                 if running:
                     ctx.metrics.dispatched.inc(await self.dispatcher.fill(ctx.progress.version))
                 ctx.metrics.job_active.set(1 if running else 0)
-                ctx.metrics.in_flight.set((await read_flow(ctx.redis, ctx.keys)).in_flight)
+                flow = await read_flow(ctx.redis, ctx.keys)
+                ctx.metrics.in_flight.set(flow.in_flight)
                 ctx.metrics.prompt_backlog.set(await undelivered(ctx.redis, ctx.keys.prompts, GROUP_ROLLOUT))
-            except asyncio.CancelledError:
+                if time.monotonic() >= next_housekeeping:
+                    next_housekeeping = time.monotonic() + s.housekeeping_s
+                    await self.housekeeping.run_once()
+            except (asyncio.CancelledError, Fenced):
                 raise
             except Exception:
                 log.exception("dispatching failed; retrying")
-            await asyncio.sleep(ctx.settings.poll_s)
+            await asyncio.sleep(s.poll_s)
 
     async def _step(self) -> bool:
         """Train one step on every rank, publish and checkpoint as the job says; False if it did not happen."""
@@ -199,29 +220,25 @@ class JobRun:
         staleness = [ctx.staleness(g.gen_version_start) for g in groups]
         stats = await asyncio.to_thread(self.policy.trainer.step, groups)
         ctx.progress.step += 1
+        step, algo = ctx.progress.step, ctx.spec.algorithm
+        failpoints.reach("after_train", step)
         entries = [d.entry_id for d in batch]
         trained = await asyncio.to_thread(
             D.gather, ([g.prompt_id for g in groups], staleness, read_tokens, entries), w
         )
-        step, algo = ctx.progress.step, ctx.spec.algorithm
         publishing = step % algo.sync_every == 0 or step == algo.steps
-        pv, publish_s = None, None  # pv is rank 0's; every rank takes part in gathering and announcing
+        publish_s = None
         if publishing:
             pv, publish_s = await self.commits.write_version()
-        seconds = time.perf_counter() - t0
-        record = self.records.step_record(stats, trained, seconds, publish_s) if w.is_main else None
-        if ctx.spec.checkpoint.every and step % ctx.spec.checkpoint.every == 0:
-            # The checkpoint holds the step's whole commit (its groups, its version, its record), so a
-            # learner restarted from it finishes the commit instead of training the groups again.
-            commit = {"entries": [e for *_, ids in trained for e in ids], "record": record,
-                      "version": ctx.progress.version + 1 if publishing else None}  # fmt: skip
-            await self.commits.checkpoint(commit)
-        if publishing:
             await self.commits.announce(pv)
-        # ACK after announcing, so the dispatcher's freed room is filled at the new version.
-        await self.admission.consumer.ack_consumed(entries)
         if w.is_main:
-            await self.records.write_step(record)
+            flow = await read_flow(ctx.redis, ctx.keys)
+            ctx.progress.dropped = {**flow.dropped, "duplicate": flow.duplicates}
+            record = self.records.step_record(stats, trained, time.perf_counter() - t0, publish_s)
+            await self.records.commit([e for *_, ids in trained for e in ids], record)
+            await self.control.record_progress()
+        if ctx.spec.checkpoint.every and step % ctx.spec.checkpoint.every == 0:
+            await self.commits.checkpoint()
         return True
 
     async def _finish(self) -> None:
@@ -229,10 +246,9 @@ class JobRun:
         await self.commits.checkpoint()
         if not ctx.world.is_main:
             return
+        self._stop_background()  # no more dispatching; from here on this method collects evaluations itself
         evaluation = None
         if isinstance(records.evaluation, RolloutEvaluation):
-            for task in self._background:  # from here on, this method collects the results itself
-                task.cancel()
             version = ctx.progress.version
             await records.evaluation.request(version, ctx.progress.step)
             results = await records.evaluation.wait(version, ctx.settings.eval_wait_s, ctx.settings.poll_s)
@@ -243,7 +259,10 @@ class JobRun:
                 log.warning("the final evaluation did not finish in time", extra={"version": version})
         elif records.evaluation is not None:
             evaluation = await records.evaluate(ctx.progress.version, ctx.progress.step)
+        unused = await ctx.ledger.close_flow()
+        flow = await read_flow(ctx.redis, ctx.keys)
         await records.write_record(
             {"final": True, "step": ctx.progress.step, "version": ctx.progress.version,
-             "heldout_accuracy": evaluation, "time": time.time()}
+             "heldout_accuracy": evaluation, "time": time.time(), "unused_prompts": unused,
+             "flow": {"dispatched": flow.dispatched, "trained": flow.trained, "dropped": flow.dropped}}
         )  # fmt: skip

@@ -20,7 +20,7 @@ class LearnerMetrics:
         self.tokens_per_s = m.gauge("tokens_per_second", "trained tokens per second")
         self.groups_trained = m.counter("groups_trained", "groups trained on")
         self.groups_dropped = m.counter("groups_dropped", "groups not trained on", ("reason",))
-        for reason in ("stale", "duplicate", "zero_variance"):
+        for reason in ("stale", "duplicate", "zero_variance", "rolled_back"):
             self.groups_dropped.labels(reason)  # exported as 0 from the start, so rate() has a baseline
         self.staleness = m.histogram("group_staleness", "version_now − gen_version_start of trained groups", (0, 1, 2, 3, 4, 6, 8, 12, 16, 32))  # fmt: skip
         self.loss = m.gauge("loss", "loss of the last step")
@@ -39,3 +39,7 @@ class LearnerMetrics:
         self.dispatched = m.counter("prompts_dispatched", "PromptTasks dispatched")
         self.prompt_backlog = m.gauge("prompt_backlog", "PromptTasks not yet picked up")
         self.job_active = m.gauge("job_active", "1 while a job is running (not paused), else 0")
+        self.job_redis_bytes = m.gauge("job_redis_bytes", "bytes the running job's keys hold in Redis")
+        self.job_restarts = m.gauge(
+            "job_restarts", "times the current job lost its learner without a clean shutdown"
+        )

@@ -35,7 +35,7 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
                 mean=sum(k * v for k, v in counts.items()) / n if n else 0.0,
                 max=max(counts, default=0),
                 histogram=counts,
-                dropped_stale=run.progress.dropped["stale"],
+                dropped_stale=run.progress.dropped.get("stale", 0),
             ),
         )
 

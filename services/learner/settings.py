@@ -43,6 +43,25 @@ class LearnerSettings(BaseSettings):
         900.0, ge=0, description="at the end of a job, how long to wait for the pods' final evaluation"
     )
     poll_s: float = Field(0.5, gt=0, description="how often to look for jobs, control events, capacity")
+    housekeeping_s: float = Field(
+        2.0, gt=0, description="how often to trim consumed stream entries and measure the job's Redis bytes"
+    )
+    job_max_bytes: int = Field(
+        512 * 2**20,
+        ge=1,
+        description="Redis bytes one job may hold; over it dispatch waits, then the job fails",
+    )
+    lease_ttl_s: float = Field(
+        20.0, gt=0, description="a learner that stops renewing its job lease loses it after this long"
+    )
+    restart_budget: int = Field(
+        5, ge=0, description="times a job may lose its learner without a clean shutdown before it is failed"
+    )
+    retention_s: float = Field(
+        7 * 24 * 3600.0,
+        ge=0,
+        description="a finished job's streams and counters expire this long after its report",
+    )
     exit_when_idle: bool = Field(False, description="exit after one job instead of waiting for the next")
     grace_s: float = Field(60.0, ge=0, description="on SIGTERM, time to finish the step and checkpoint")
     log_level: LogLevel = "INFO"

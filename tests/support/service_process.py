@@ -35,7 +35,8 @@ class ServiceProcess:
         self.records: list[dict] = []
         self.serving = threading.Event()
         self.port = self.metrics_port = None
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if not self.serving.wait(start_timeout_s):
             self.proc.kill()
             raise AssertionError(f"{module} did not start:\n" + "".join(self.lines[-60:]))
@@ -91,6 +92,12 @@ class ServiceProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         return self.proc.returncode
+
+    def wait_exit(self, timeout_s: float = 300.0) -> int:
+        """Wait until the process has exited and all of its output has been read; its exit code."""
+        code = self.proc.wait(timeout_s)
+        self._reader.join(timeout_s)
+        return code
 
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to clean up."""

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
 
-from fastapi import HTTPException, Request
+from fastapi import Header, HTTPException, Request, Response
 
 from asympo.bus import QUEUE, JobKeys
-from asympo.jobs.records import JobRecord, list_jobs, put_job
+from asympo.jobs.records import JobRecord, list_jobs
 from asympo.jobs.spec import JobSpec, SpecError
+from asympo.jobs.states import create_job
 
 from ..body import problem_list, read_body
 from ..deps import RedisDep, existing_job, v1_router
@@ -24,17 +26,33 @@ def _job_id(spec: JobSpec) -> str:
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+# How long a retried POST with the same Idempotency-Key gets the job it created instead of a new one.
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
 @router.post("/jobs", status_code=201)
-async def create_job(request: Request, redis: RedisDep) -> dict:
-    """Validate a job spec (JSON or YAML) and queue it."""
+async def submit(
+    request: Request,
+    response: Response,
+    redis: RedisDep,
+    idempotency_key: str | None = Header(None, max_length=200),
+) -> dict:
+    """Validate a job spec (JSON or YAML) and queue it; with an Idempotency-Key, a retry gets the same job."""
     data = await read_body(request)
     try:
         spec = JobSpec.from_data(data, "request body")
     except SpecError as exc:
         raise HTTPException(422, {"problems": problem_list(exc.problems)}) from None
     job = JobRecord(job_id=_job_id(spec), spec=spec)
-    await put_job(redis, job)
-    await redis.rpush(QUEUE, job.job_id)
+    # Hashed: the header is the client's text, the Redis key must be ours.
+    key = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else ""
+    fingerprint = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:32]
+    try:
+        job, created = await create_job(redis, job, key, fingerprint, IDEMPOTENCY_TTL_S)
+    except ValueError as exc:
+        raise HTTPException(422, {"problems": [{"field": "Idempotency-Key", "error": str(exc)}]}) from None
+    if not created:
+        response.status_code = 200  # the job this key created earlier, unchanged
     return job.model_dump(mode="json")
 
 
