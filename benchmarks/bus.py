@@ -5,6 +5,10 @@ Both sides move the same serialized bytes through the same Redis server in the s
 decoding and checking entries, reclaiming idle entries before each read, transactions.
 
     python benchmarks/bus.py [--groups 2000] [--batch 16] [--repeats 5] [--out benchmarks/results/bus.json]
+
+`--appendfsync everysec|always --redis-dir DIR` runs the same against a Redis writing its AOF under DIR
+with that fsync policy (the local stack's durability choice; DIR should be on the disk the stack's home
+is on, since fsync costs nothing on a tmpfs).
 """
 
 from __future__ import annotations
@@ -95,7 +99,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tokens", type=int, default=512)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bus.json")
+    p.add_argument(
+        "--appendfsync",
+        choices=("off", "everysec", "always"),
+        default="off",
+        help="AOF fsync policy (off: no AOF)",
+    )
+    p.add_argument("--redis-dir", type=Path, default=None, help="Redis's data directory (default: temporary)")
     args = p.parse_args(argv)
+    aof = {} if args.appendfsync == "off" else {"appendonly": True, "appendfsync": args.appendfsync}
 
     messages = [scored_group("bench", i, args.group_size, args.tokens) for i in range(args.groups)]
     payload_bytes = len(messages[0].SerializeToString())
@@ -106,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     encode_us = timeit.timeit(lambda: encode(messages[0]), number=n) / n * 1e6
     decode_us = timeit.timeit(lambda: decode(fields, bus_pb2.ScoredGroup), number=n) / n * 1e6
     bus_rates, raw_rates = [], []
-    with start_redis() as server:
+    with start_redis(args.redis_dir, **aof) as server:
         for r in range(args.repeats):
             raw_rates.append(
                 asyncio.run(run_raw(server.url, f"b{r}", [encode(m)["pb"] for m in messages], args.batch))
@@ -131,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         "protobuf_decode_us_per_group": decode_us,
         "gap_us_per_group": 1e6 / statistics.median(bus_rates) - 1e6 / statistics.median(raw_rates),
         "redis_source": source,
+        "appendfsync": args.appendfsync,
         "machine": machine(),
     }
     write_result(result, args.out)

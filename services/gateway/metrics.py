@@ -9,9 +9,11 @@ from prometheus_client import Histogram
 
 from asympo.runtime.metric_set import MetricSet
 
+from .redis_memory import RedisMemory
+
 
 class GatewayMetrics:
-    """asympo_gateway_* request metrics."""
+    """asympo_gateway_* metrics: requests, and Redis's memory (refreshed by each scrape)."""
 
     def __init__(self) -> None:
         m = MetricSet("gateway")
@@ -20,6 +22,8 @@ class GatewayMetrics:
         self.seconds = m.histogram(
             "request_seconds", "request latency", Histogram.DEFAULT_BUCKETS, ("route",)
         )
+        self.redis_memory = RedisMemory(m.prefix)
+        self.registry.register(self.redis_memory)
 
 
 async def count_requests(request: Request, call_next):

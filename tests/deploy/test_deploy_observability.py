@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -70,12 +71,16 @@ REQUIRED_PANELS = {
     "Reward timeout rate",
     "Step time",
     "GPU utilization (DCGM, optional)",
+    "Redis memory: used vs maxmemory",
 }
 REQUIRED_ALERTS = {
     "AsympoRolloutPodStuckOnOldVersion",
     "AsympoPromptBacklogGrowing",
     "AsympoRewardTimeouts",
     "AsympoLearnerIdle",
+    "AsympoRedisMemoryHigh",
+    "AsympoRedisNoMemoryLimit",
+    "AsympoRedisEvicting",
 }
 
 
@@ -275,6 +280,18 @@ def expected(alert: str, summary: str, **labels: str) -> dict:
 
 POD_A, POD_B = "10.0.0.5:9102", "10.0.0.6:9102"
 LEARNER = 'job="asympo-learner", instance="10.0.0.9:9103"'
+# Two gateway replicas, both reading the one Redis.
+GATEWAYS = (
+    'job="asympo-gateway", instance="10.0.0.7:8000"',
+    'job="asympo-gateway", instance="10.0.0.8:8000"',
+)
+
+
+def redis_series(used: str, maxmemory: str, evicted: str) -> list[dict]:
+    """The gateway's Redis series, as each replica reports them."""
+    values = {"used_memory_bytes": used, "maxmemory_bytes": maxmemory, "evicted_keys_total": evicted}
+    return [{"series": f"asympo_gateway_redis_{name}{{{gateway}}}", "values": v}
+            for gateway in GATEWAYS for name, v in values.items()]  # fmt: skip
 
 
 def alert_tests() -> list[dict]:
@@ -436,6 +453,50 @@ def alert_tests() -> list[dict]:
                 {"eval_time": "60m", "alertname": "AsympoLearnerIdle", "exp_alerts": []},
             ],
         },
+        {  # Redis fills up to 90% of a 2 GB maxmemory by minute 16, then evicts 7 keys a minute from 20
+            "interval": "1m",
+            "input_series": redis_series("1e9+5e7x16 1.8e9x30", "2e9x46", "0x20 7+7x25"),
+            "alert_rule_test": [
+                # 75% at 10 min; over 85% from 15 min, firing only after the 5 min of `for`
+                {"eval_time": "10m", "alertname": "AsympoRedisMemoryHigh", "exp_alerts": []},
+                {"eval_time": "18m", "alertname": "AsympoRedisMemoryHigh", "exp_alerts": []},
+                {"eval_time": "10m", "alertname": "AsympoRedisEvicting", "exp_alerts": []},
+                {
+                    "eval_time": "30m",
+                    "alertname": "AsympoRedisMemoryHigh",
+                    "exp_alerts": [expected("AsympoRedisMemoryHigh", "Redis uses 90% of its maxmemory")],
+                },
+                {
+                    "eval_time": "30m",
+                    "alertname": "AsympoRedisEvicting",
+                    "exp_alerts": [
+                        expected(
+                            "AsympoRedisEvicting", "Redis is at maxmemory and evicted 70 keys in 10 minutes"
+                        )
+                    ],
+                },
+                {"eval_time": "30m", "alertname": "AsympoRedisNoMemoryLimit", "exp_alerts": []},
+            ],
+        },
+        {  # a Redis without maxmemory: never "high" (no ratio to take), always unbounded
+            "interval": "1m",
+            "input_series": redis_series("3e9x20", "0x20", "0x20"),
+            "alert_rule_test": [
+                {"eval_time": "3m", "alertname": "AsympoRedisNoMemoryLimit", "exp_alerts": []},
+                {
+                    "eval_time": "10m",
+                    "alertname": "AsympoRedisNoMemoryLimit",
+                    "exp_alerts": [
+                        expected(
+                            "AsympoRedisNoMemoryLimit",
+                            "Redis has no maxmemory: it will be OOM-killed instead of refusing writes",
+                        )
+                    ],
+                },
+                {"eval_time": "10m", "alertname": "AsympoRedisMemoryHigh", "exp_alerts": []},
+                {"eval_time": "10m", "alertname": "AsympoRedisEvicting", "exp_alerts": []},
+            ],
+        },
         {
             "interval": "1m",
             "input_series": [
@@ -574,6 +635,28 @@ def test_compose_renders_with_the_example_env_file(rendered):
     assert mounts(services["prometheus"])["/etc/prometheus"] == (str(PROMETHEUS_CONFIG.parent), True)
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
     assert [str(p["target"]) for p in services["gateway"]["ports"]] == ["8000"]
+
+
+def docker_bytes(value: int | str) -> int:
+    """A compose memory size ("3g", "512m", bytes) in bytes; Docker's units are powers of 1024."""
+    number, unit = re.fullmatch(r"(\d+)([bkmg]?)b?", str(value).lower()).groups()
+    return int(number) * 1024 ** "bkmg".index(unit or "b")
+
+
+def test_compose_redis_is_durable_and_bounded_below_its_memory_limit(rendered):
+    from asympo.bus.redis_config import EVICTION_POLICY, memory_bytes
+
+    redis = rendered["services"]["redis"]
+    shell = redis["command"][-1]
+    assert shell.startswith("exec redis-server ")
+    argv = shlex.split(shell.replace("$$", "$"))
+    options = {argv[i][2:]: argv[i + 1] for i in range(len(argv)) if argv[i].startswith("--")}
+    assert options["appendonly"] == "yes" and options["appendfsync"] == "everysec"
+    assert options["aof-use-rdb-preamble"] == "yes" and options["maxmemory-policy"] == EVICTION_POLICY
+    assert options["requirepass"] == "$REDIS_PASSWORD"
+    limit, maxmemory = docker_bytes(redis["mem_limit"]), memory_bytes(options["maxmemory"])
+    # Room below the limit for what maxmemory does not count (an AOF rewrite's fork, buffers).
+    assert 0 < maxmemory <= limit * 0.7, (options["maxmemory"], redis["mem_limit"])
 
 
 def test_gpu_and_cpu_variants_are_split_by_profile(rendered):

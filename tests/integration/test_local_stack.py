@@ -1,16 +1,25 @@
-"""`asympo down` on real processes: a service's whole tree goes; a pid now another process's stays."""
+"""The local stack on real processes: `down` stops a service's whole tree and leaves a pid now another
+process's alone; the stack's Redis keeps its data and port across `down`/`up` and a SIGKILL; `--purge`."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
+from redis import Redis
+from typer.testing import CliRunner
 
-from asympo.cli.local_stack import LocalStack, StackConfig
+from asympo.bus.connection import ENV_URL
+from asympo.bus.local_redis import wait_gone
+from asympo.cli.app import app
+from asympo.cli.local_stack import PURGED, LocalStack, StackConfig, StackError
+from asympo.cli.stack_redis import MAXMEMORY_ENV
 
 # A stand-in service: a child that ignores SIGTERM (so `down` has to SIGKILL it) and a grandchild in a
 # session of its own (outside the service's process group), then the 'serving' record `up` waits for.
@@ -100,3 +109,105 @@ def test_down_leaves_a_reused_pid_alone(stack):
         kill(procs)
         other.wait(30)
         other.stdout.close()
+
+
+# ---- the stack's Redis: durable, on its port, bounded; `down --purge` ----------------------------------
+
+
+@pytest.fixture
+def redis_stack(stack, monkeypatch):
+    """The stack fixture with Redis started by the stack itself (no $ASYMPO_REDIS_URL); stopped after."""
+    monkeypatch.delenv(ENV_URL, raising=False)
+    monkeypatch.delenv(MAXMEMORY_ENV, raising=False)
+    s, said = stack
+    yield s, said
+    s.down(timeout_s=10)
+
+
+def write_job_state(url: str) -> None:
+    """A job record, a stream entry and a counter: the kinds of state a run keeps in Redis."""
+    with Redis.from_url(url) as r:
+        r.hset("asympo:jobs", "job-1", '{"state": "running"}')
+        r.xadd("asympo:job-1:groups", {"pb": b"\x08\x01", "v": "1"})
+        r.hincrby("asympo:job-1:flow", "dispatched", 16)
+
+
+def read_job_state(url: str) -> tuple:
+    with Redis.from_url(url, decode_responses=True) as r:
+        return (r.hget("asympo:jobs", "job-1"), r.xlen("asympo:job-1:groups"),
+                r.hget("asympo:job-1:flow", "dispatched"))  # fmt: skip
+
+
+STATE = ('{"state": "running"}', 1, "16")
+
+
+def test_stack_redis_keeps_its_data_and_port_across_down_and_up(redis_stack):
+    s, _ = redis_stack
+    url = s._ensure_redis()
+    write_job_state(url)
+    with Redis.from_url(url, decode_responses=True) as r:
+        config = r.config_get("maxmemory*") | r.config_get("append*")
+    assert (config["appendonly"], config["appendfsync"]) == ("yes", "always")
+    assert (config["maxmemory"], config["maxmemory-policy"]) == (str(2**30), "volatile-lru")  # 1gb default
+    (s.config.home / "weight-store" / "job-1").mkdir(parents=True)
+    assert s.down(timeout_s=10) == ["redis"]
+    assert (s.config.home / "redis").is_dir() and (s.config.home / "weight-store" / "job-1").is_dir()
+    assert s._ensure_redis() == url, "Redis must come back on the port the services were given"
+    assert read_job_state(url) == STATE
+
+
+def test_stack_redis_killed_with_sigkill_comes_back_with_its_data(redis_stack):
+    s, _ = redis_stack
+    url = s._ensure_redis()
+    write_job_state(url)
+    process = psutil.Process(s.running_pid("redis"))
+    process.kill()
+    assert wait_gone([process], 15) == [] and s.running_pid("redis") is None
+    assert s._ensure_redis() == url
+    assert read_job_state(url) == STATE
+
+
+def test_stack_redis_refuses_to_move_when_its_port_is_taken(redis_stack):
+    s, said = redis_stack
+    url = s._ensure_redis()
+    s.down(timeout_s=10)
+    port = urlsplit(url).port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(StackError, match=f"port {port} .*taken"):
+            s._ensure_redis()
+    assert s._ensure_redis() == url
+
+
+def test_stack_redis_maxmemory_comes_from_the_environment(redis_stack, monkeypatch):
+    s, _ = redis_stack
+    monkeypatch.setenv(MAXMEMORY_ENV, "lots")
+    with pytest.raises(StackError, match=MAXMEMORY_ENV):
+        s._ensure_redis()
+    monkeypatch.setenv(MAXMEMORY_ENV, "64mb")
+    with Redis.from_url(s._ensure_redis(), decode_responses=True) as r:
+        assert r.config_get("maxmemory")["maxmemory"] == str(64 * 1024**2)
+
+
+def test_down_purge_removes_the_data_and_keeps_logs_reports_and_token(redis_stack):
+    s, _ = redis_stack
+    home = s.config.home
+    write_job_state(s._ensure_redis())
+    for d in ("weight-store/job-1/v1", "checkpoints/job-1", "weights/rollout/v1", "reports/job-1"):
+        (home / d).mkdir(parents=True)
+    (home / "logs" / "learner.log").write_text("why the last run failed\n")
+    (home / "api-token").write_text("a-token-clients-were-given")
+    (home / "stack.json").write_text("{}")
+    with pytest.raises(StackError, match="redis still run"):
+        s.purge()
+    out = CliRunner().invoke(app, ["--home", str(home), "down", "--purge"])
+    assert out.exit_code == 0, out.output
+    # stack.json (the ports of running processes) goes with every `down`; the rest only with --purge.
+    assert "removed: redis, weight-store, checkpoints, weights, redis.url\n" in out.output
+    assert not [name for name in PURGED if (home / name).exists()]
+    assert (home / "logs" / "learner.log").is_file() and (home / "reports" / "job-1").is_dir()
+    assert (home / "api-token").is_file()
+    url = s._ensure_redis()  # a clean slate: a new, empty Redis
+    with Redis.from_url(url) as r:
+        assert r.dbsize() == 0

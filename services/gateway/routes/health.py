@@ -22,6 +22,7 @@ async def healthz(redis: RedisDep):
 
 
 @router.get("/metrics", include_in_schema=False)
-async def prometheus(metrics: MetricsDep):
-    """The asympo_gateway_* metrics in the Prometheus text format."""
+async def prometheus(metrics: MetricsDep, redis: RedisDep):
+    """The asympo_gateway_* metrics in the Prometheus text format, Redis's memory read afresh."""
+    await metrics.redis_memory.refresh(redis)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
