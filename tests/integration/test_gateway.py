@@ -215,3 +215,70 @@ async def test_metrics_answer_without_redis_series_when_redis_does_not(tmp_path)
                 assert "# TYPE asympo_gateway_redis_maxmemory_bytes gauge" in page
                 assert "asympo_gateway_requests_total" in page
             await redis_client.aclose()
+
+
+async def test_a_retried_submit_with_an_idempotency_key_gets_the_same_job(client, redis):
+    key = {**AUTH, "Idempotency-Key": "client-retry-7f3a"}
+    first = await client.post("/v1/jobs", json=SPEC, headers=key)
+    again = await client.post("/v1/jobs", json=SPEC, headers=key)
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json()["job_id"] == first.json()["job_id"]
+    queue = [x.decode() for x in await redis.lrange(QUEUE, 0, -1)]
+    assert queue.count(first.json()["job_id"]) == 1
+    # Concurrent retries: still one job.
+    other = {**AUTH, "Idempotency-Key": "parallel-retries"}
+    answers = await asyncio.gather(*(client.post("/v1/jobs", json=SPEC, headers=other) for _ in range(8)))
+    assert (
+        len({a.json()["job_id"] for a in answers}) == 1 and sorted(a.status_code for a in answers)[0] == 200
+    )
+    assert [a.status_code for a in answers].count(201) == 1
+    # The same key with another request is refused; without a key every POST is a new job.
+    changed = await client.post("/v1/jobs", json={**SPEC, "seed": 3}, headers=key)
+    assert changed.status_code == 422 and "Idempotency-Key" in changed.text
+    plain = [await client.post("/v1/jobs", json=SPEC, headers=AUTH) for _ in range(2)]
+    assert plain[0].json()["job_id"] != plain[1].json()["job_id"]
+
+
+async def test_controls_change_the_record_whatever_the_learner_does(client, redis):
+    """A job the learner is starting (or that no learner runs) is paused, resumed and cancelled at once."""
+    from asympo.jobs.states import transition
+
+    job_id = (await client.post("/v1/jobs", json=SPEC, headers=AUTH)).json()["job_id"]
+    await transition(redis, job_id, "starting")  # what a learner does when it takes the job
+    r = await client.post(f"/v1/jobs/{job_id}:pause", headers=AUTH)
+    assert r.status_code == 202 and r.json()["state"] == "paused"
+    assert (await client.post(f"/v1/jobs/{job_id}:pause", headers=AUTH)).json()[
+        "state"
+    ] == "paused"  # idempotent
+    assert (await client.post(f"/v1/jobs/{job_id}:resume", headers=AUTH)).json()["state"] == "running"
+    r = await client.patch(f"/v1/jobs/{job_id}", json={"max_staleness": 3}, headers=AUTH)
+    assert r.status_code == 202 and (await get_job(redis, job_id)).spec.algorithm.max_staleness == 3
+    assert (await client.post(f"/v1/jobs/{job_id}:cancel", headers=AUTH)).json()["state"] == "cancelled"
+    # The learner, finishing its start-up afterwards, cannot undo the cancel.
+    from asympo.jobs.states import TransitionRefused
+
+    with pytest.raises(TransitionRefused):
+        await transition(redis, job_id, "running")
+    assert (await get_job(redis, job_id)).state == "cancelled"
+    assert (
+        await client.patch(f"/v1/jobs/{job_id}", json={"max_staleness": 1}, headers=AUTH)
+    ).status_code == 409
+
+
+async def test_racing_writers_never_lose_a_transition(redis):
+    """Many concurrent compare-and-set writers: each change is applied to the record it read, none lost."""
+    from asympo.jobs.records import JobRecord
+    from asympo.jobs.spec import JobSpec
+    from asympo.jobs.states import create_job, update_job
+
+    job = JobRecord(job_id="gw-test-race", spec=JobSpec.from_data(SPEC, "spec"))
+    await create_job(redis, job)
+
+    def bump(record):
+        record.step += 1
+        return record
+
+    await asyncio.gather(*(update_job(redis, job.job_id, bump) for _ in range(40)))
+    assert (await get_job(redis, job.job_id)).step == 40
+    await redis.hdel("asympo:jobs", job.job_id)
+    await redis.lrem(QUEUE, 0, job.job_id)
