@@ -19,16 +19,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def asympo(
-    home: Path, *args: str, timeout: float = 900, cache: Path | None = None
+    home: Path, *args: str, timeout: float = 900, cache: Path | None = None, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """Run the real `asympo` command (as a user would) with this stack's home."""
+    """Run the real `asympo` command (as a user would) with this stack's home; `env` adds variables
+    (without ASYMPO_REDIS_URL in it, the stack starts its own Redis)."""
+    base = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, "ASYMPO_REDIS_URL")}
     env = {
-        **os.environ,
+        **base,
         "ASYMPO_HOME": str(home),
         **({"ASYMPO_LEARNER_MODEL_CACHE": str(cache)} if cache else {}),
+        **(env or {}),
     }
-    env.pop(TOKEN_ENV, None)
-    env.pop("ASYMPO_REDIS_URL", None)  # the stack starts its own Redis
     return subprocess.run([sys.executable, "-m", "asympo.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
 
@@ -46,9 +47,11 @@ def wait(client: GatewayClient, job_id: str, predicate, timeout_s: float = 900) 
 
 
 @contextlib.contextmanager
-def running_stack(home: Path, cache: Path, *flags: str) -> Iterator[tuple[LocalStack, GatewayClient]]:
+def running_stack(
+    home: Path, cache: Path, *flags: str, env: dict | None = None
+) -> Iterator[tuple[LocalStack, GatewayClient]]:
     """`asympo up` with the session's model cache (the learner finds its base model there), then `down`."""
-    up = asympo(home, "up", "--gateway-port", str(free_port()), *flags, cache=cache)
+    up = asympo(home, "up", "--gateway-port", str(free_port()), *flags, cache=cache, env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     stack = LocalStack(StackConfig(home=home))
     client = GatewayClient(stack.gateway_url(), (home / "api-token").read_text().strip())
@@ -56,4 +59,4 @@ def running_stack(home: Path, cache: Path, *flags: str) -> Iterator[tuple[LocalS
         yield stack, client
     finally:
         client.close()
-        asympo(home, "down", timeout=300)
+        asympo(home, "down", timeout=300, env=env)
