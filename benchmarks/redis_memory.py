@@ -5,7 +5,10 @@ N times, one after the other, and records after each job Redis's `used_memory`, 
 the memory of each job's keys (MEMORY USAGE). After the last job it waits `--settle-s` (so finished
 jobs' keys can expire) and measures once more.
 
-    python benchmarks/redis_memory.py --jobs 3 [--steps 200] [--out benchmarks/results/redis_memory.json]
+    python benchmarks/redis_memory.py --jobs 3 [--retention-s 30 --settle-s 45] [--steps 200]
+
+`--retention-s` is the learner's retention of finished jobs' keys (ASYMPO_LEARNER_RETENTION_S; by
+default a week). Results: benchmarks/results/redis_memory.json.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 JOB = REPO / "examples" / "jobs" / "arith-tiny.yaml"
 
 
+EXTRA_ENV: dict[str, str] = {}
+
+
 def asympo(home: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ASYMPO_HOME": str(home)}
+    env = {**os.environ, "ASYMPO_HOME": str(home), **EXTRA_ENV}
     env.pop("ASYMPO_REDIS_URL", None)
     env.pop("ASYMPO_API_TOKEN", None)
     return subprocess.run(
@@ -69,10 +75,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="override algorithm.steps of the demo job")
     parser.add_argument("--settle-s", type=float, default=0.0, help="wait this long after the last job")
+    parser.add_argument(
+        "--retention-s", type=float, default=None, help="the learner's retention of ended jobs"
+    )
     parser.add_argument("--label", default="", help="a name for this run in the JSON (e.g. the commit)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "redis_memory.json")
     args = parser.parse_args()
-    result = {"benchmark": "redis_memory", "label": args.label, "jobs": [], "machine": machine()}
+    if args.retention_s is not None:
+        EXTRA_ENV["ASYMPO_LEARNER_RETENTION_S"] = str(args.retention_s)
+    result = {"benchmark": "redis_memory", "label": args.label, "retention_s": args.retention_s, "jobs": [],
+              "machine": machine()}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="asympo-redis-mem-") as scratch:
         home = Path(scratch) / ".asympo"
         asympo(home, "up", "--gateway-port", str(_free_port()))

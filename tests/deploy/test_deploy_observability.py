@@ -517,6 +517,23 @@ def alert_tests() -> list[dict]:
                 }
             ],
         },
+        {  # the learner dies twice at minute 5; a learner that never crashed raises nothing
+            "interval": "1m",
+            "input_series": [{"series": f"asympo_learner_job_restarts{{{LEARNER}}}", "values": "0x5 2x10"}],
+            "alert_rule_test": [
+                {"eval_time": "4m", "alertname": "AsympoLearnerCrashing", "exp_alerts": []},
+                {
+                    "eval_time": "10m",
+                    "alertname": "AsympoLearnerCrashing",
+                    "exp_alerts": [
+                        expected(
+                            "AsympoLearnerCrashing",
+                            "The running job has lost its learner 2 times without a clean shutdown",
+                        )
+                    ],
+                },
+            ],
+        },
     ]
 
 

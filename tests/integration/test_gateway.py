@@ -282,3 +282,17 @@ async def test_racing_writers_never_lose_a_transition(redis):
     assert (await get_job(redis, job.job_id)).step == 40
     await redis.hdel("asympo:jobs", job.job_id)
     await redis.lrem(QUEUE, 0, job.job_id)
+
+
+async def test_a_queued_job_missing_from_the_queue_is_queued_again(redis):
+    from asympo.jobs.records import JobRecord, put_job
+    from asympo.jobs.spec import JobSpec
+    from asympo.jobs.states import requeue_lost
+
+    job = JobRecord(job_id="gw-test-lost", spec=JobSpec.from_data(SPEC, "spec"))
+    await put_job(redis, job)  # a record written without its queue entry (an older release, a lost write)
+    assert "gw-test-lost" in await requeue_lost(redis)
+    assert b"gw-test-lost" in await redis.lrange(QUEUE, 0, -1)
+    assert "gw-test-lost" not in await requeue_lost(redis)
+    await redis.lrem(QUEUE, 0, "gw-test-lost")
+    await redis.hdel("asympo:jobs", "gw-test-lost")
