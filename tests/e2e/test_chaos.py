@@ -7,8 +7,8 @@ them. Afterwards, from the job's own records:
 - the job succeeded;
 - no prompt was trained twice, every dispatched prompt was trained or dropped with a reason, the
   counters agree, versions have no gap (tests/support/invariants.py);
-- held-out accuracy is within 5 points of an undisturbed run of the same job and seed (the
-  single-process reference loop);
+- held-out accuracy (the mean of the evaluations over the second half of the job) is within 5 points
+  of an undisturbed run of the same job and seed (the single-process reference loop);
 - once the job's retention has passed, Redis holds no more than before the job, under its maxmemory.
 """
 
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -80,7 +82,7 @@ def test_a_job_survives_crashes_of_every_part(tmp_path_factory, tiny_cache, tiny
            "ASYMPO_LEARNER_RESTART_BUDGET": "10", "ASYMPO_LEARNER_RETENTION_S": str(RETENTION_S)}  # fmt: skip
     home = tmp / ".asympo"
     spec = JobSpec.load(JOB).with_overrides(
-        {"algorithm.steps": STEPS, "algorithm.max_staleness": 2, "eval.every": 50, "checkpoint.every": 10}
+        {"algorithm.steps": STEPS, "algorithm.max_staleness": 2, "eval.every": 25, "checkpoint.every": 10}
     )
     rng = random.Random(20261202)
     faults: list[tuple[str, int, float]] = []
@@ -94,14 +96,29 @@ def test_a_job_survives_crashes_of_every_part(tmp_path_factory, tiny_cache, tiny
         ):
             job_id = client.submit(spec.to_yaml())["job_id"]
 
-            def up() -> None:
-                out = asympo(home, "up", "--gateway-port", str(stack._ports()["gateway"]["port"]),
-                             "--rollout-pods", "2", "--rollout-flag=--claim-idle-s=5", cache=tiny_cache, env=env)  # fmt: skip
-                assert out.returncode == 0, out.stdout + out.stderr
+            # Crashed services come back as under an orchestrator: in the background, one restart at a time.
+            restarts: queue.Queue = queue.Queue()
+            failures: list[str] = []
 
-            def at_step(lo: int, hi: int) -> int:
-                target = rng.randint(lo, hi)
-                job = wait(client, job_id, lambda j: j["step"] >= target or j["state"] in FINAL_STATES, 900)
+            def restarter() -> None:
+                while (request := restarts.get()) is not None:
+                    out = asympo(home, "up", "--gateway-port", str(stack._ports()["gateway"]["port"]),
+                                 "--rollout-pods", "2", "--rollout-flag=--claim-idle-s=5", cache=tiny_cache, env=env)  # fmt: skip
+                    if out.returncode != 0:
+                        failures.append(f"asympo up after {request}: {out.stdout}{out.stderr}")
+
+            worker = threading.Thread(target=restarter, daemon=True)
+            worker.start()
+
+            def after(lo: int, hi: int, also=lambda j: True) -> int:
+                """Wait until the job is lo..hi steps further (and `also` holds); its step then."""
+                target = client.job(job_id)["step"] + rng.randint(lo, hi)
+                job = wait(
+                    client,
+                    job_id,
+                    lambda j: (j["step"] >= target and also(j)) or j["state"] in FINAL_STATES,
+                    900,
+                )
                 assert job["state"] not in FINAL_STATES, f"the job ended before the fault at step {target}"
                 return job["step"]
 
@@ -110,33 +127,34 @@ def test_a_job_survives_crashes_of_every_part(tmp_path_factory, tiny_cache, tiny
                 deadline = time.monotonic() + 120
                 while stack.running_pid(name) and time.monotonic() < deadline:
                     time.sleep(0.1)
+                restarts.put(name)
 
             # A pod, -9, engine and all.
-            faults.append(("rollout pod SIGKILL", at_step(10, 25), time.time()))
+            faults.append(("rollout pod SIGKILL", after(10, 20), time.time()))
             kill("rollout-1")
-            up()
-            # The learner, -9: it resumes from its newest checkpoint and rolls back what came after.
-            faults.append(("learner SIGKILL", at_step(35, 55), time.time()))
+            # The learner, -9, a few steps past a checkpoint: it resumes from it and supersedes what followed.
+            past_checkpoint = lambda j: 3 <= j["step"] % spec.checkpoint.every <= 7  # noqa: E731
+            faults.append(("learner SIGKILL", after(10, 20, past_checkpoint), time.time()))
             kill("learner")
-            up()
             # A write whose reply is lost: the script ran, the connection drops, the client sends it again.
-            step = at_step(60, 75)
+            step = after(10, 20)
             redis.proxy.lose_reply_after(b"EVAL")
             assert redis.proxy.wait_lost(120)
             faults.append(("connection dropped after a write reached Redis", step, time.time()))
             # The reward service, -9: pods leave their tasks for retry until it is back.
-            faults.append(("reward service SIGKILL", at_step(80, 100), time.time()))
+            faults.append(("reward service SIGKILL", after(10, 20), time.time()))
             kill("reward")
-            up()
             # Redis itself, -9, restarted from its append-only file on the same port.
-            faults.append(("Redis SIGKILL + restart from AOF", at_step(110, 130), time.time()))
+            faults.append(("Redis SIGKILL + restart from AOF", after(10, 20), time.time()))
             redis.crash_and_restart()
             # The learner again, SIGTERM this time: it checkpoints, releases the job and exits 0.
-            faults.append(("learner SIGTERM", at_step(140, 160), time.time()))
+            faults.append(("learner SIGTERM", after(10, 20), time.time()))
             kill("learner", signal.SIGTERM)
-            up()
+            restarts.put(None)
 
             job = wait(client, job_id, lambda j: j["state"] in FINAL_STATES, 1200)
+            worker.join(600)
+            assert not failures, failures
             assert job["state"] == "succeeded", job["message"]
             job = wait(client, job_id, lambda j: j.get("report") is not None, 120)
             for name, step, _ in faults:
@@ -152,10 +170,15 @@ def test_a_job_survives_crashes_of_every_part(tmp_path_factory, tiny_cache, tiny
 
             report = job["report"]
             reference = run_reference(spec, progress=False, cache_dir=tiny_cache)
-            print(f"held-out accuracy: chaos {report['initial_accuracy']:.3f} -> {report['final_accuracy']:.3f}, "
-                  f"undisturbed {reference.initial_accuracy:.3f} -> {reference.final_accuracy:.3f}")  # fmt: skip
+            # Accuracy over the second half of the job (5 evaluations of 200 prompts): one evaluation alone
+            # varies by ±3 points between undisturbed runs of the same job.
+            chaos_late = _mean([a for step, a in report["accuracy_curve"] if step >= STEPS // 2])
+            reference_late = _mean([e["accuracy"] for e in reference.evals if e["step"] >= STEPS // 2])
+            print(f"held-out accuracy: chaos {report['initial_accuracy']:.3f} -> {report['final_accuracy']:.3f} "
+                  f"(steps {STEPS // 2}-{STEPS}: {chaos_late:.3f}), undisturbed {reference.initial_accuracy:.3f} -> "
+                  f"{reference.final_accuracy:.3f} ({reference_late:.3f})")  # fmt: skip
             assert report["initial_accuracy"] == pytest.approx(reference.initial_accuracy)
-            assert abs(report["final_accuracy"] - reference.final_accuracy) <= 0.05
+            assert abs(chaos_late - reference_late) <= 0.05
             assert report["final_accuracy"] - report["initial_accuracy"] >= 0.2
             assert max(int(k) for k in report["staleness_histogram"]) <= 2
 
@@ -166,6 +189,11 @@ def test_a_job_survives_crashes_of_every_part(tmp_path_factory, tiny_cache, tiny
             assert after["used_memory"] < after["maxmemory"]
     finally:
         redis.close()
+
+
+def _mean(values: list[float]) -> float:
+    assert len(values) >= 5, values
+    return sum(values) / len(values)
 
 
 async def _used_memory(url: str) -> dict:

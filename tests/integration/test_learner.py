@@ -1,7 +1,9 @@
 """The learner as a real process on real Redis, fed by the reference sampler (no rollout or reward service).
 
-Learning matches the reference loop; staleness stays within its bound; kill -9 and restart continues
-the version sequence, trains no prompt twice and uses the groups produced while it was down.
+Staleness stays within its bound; kill -9 and restart continues the version sequence, trains no prompt
+twice and uses the groups produced while it was down; SIGTERM hands the job over; control follows the
+job record. (Learning against the reference loop is checked through the whole stack by
+tests/e2e/test_chaos.py.)
 """
 
 from __future__ import annotations
@@ -18,41 +20,11 @@ from asympo.jobs.control import request_control, set_knobs
 from asympo.jobs.records import get_job
 from asympo.jobs.spec import SpecError
 from asympo.proto.v1 import bus_pb2, learner_pb2, learner_pb2_grpc
-from asympo.reference.loop import run_reference
 from asympo.weights.store import read_manifest
 from asympo.weights.transfer import fetch_version
 from tests.support.learner_run import trained
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-async def test_learns_like_the_reference_loop(learner_run):
-    """Same seed, steps and staleness bound: held-out accuracy rises as in the reference loop."""
-    run = learner_run(algorithm__max_staleness=2, eval__every=50)
-    await run.submit()
-    run.start_learner()
-    await run.start_sampler()
-    job = await run.finish()
-    assert job.state == "succeeded", job.message
-    records = await run.records()
-    steps = trained(records)
-    assert [r["step"] for r in steps] == list(range(1, 201))
-    assert max(s for r in steps for s in r["staleness"]) <= 2  # the bound, from the learner's own records
-    ids = [p for r in steps for p in r["prompt_ids"]]
-    assert len(ids) == len(set(ids)) == 200 * 16
-    assert await run.versions() == list(range(0, 201))
-    initial = records[0]["heldout_accuracy"]
-    final = records[-1]["heldout_accuracy"]
-
-    reference = await asyncio.to_thread(run_reference, run.spec, progress=False, cache_dir=run.cache)
-    assert initial == pytest.approx(reference.initial_accuracy)  # same base model, same held-out set
-    print(
-        f"held-out accuracy: learner {initial:.3f} -> {final:.3f}, reference -> {reference.final_accuracy:.3f}"
-    )
-    assert final - initial >= 0.2
-    # The reference samples exactly k=2 versions behind, the service at most 2 behind and with its own
-    # sampling seeds. Measured (3 runs): 43.0% -> 79.0, 79.0, 79.5% vs the reference's 77.5%.
-    assert abs(final - reference.final_accuracy) <= 0.08
 
 
 async def test_on_policy_status_and_weights(learner_run, tmp_path):

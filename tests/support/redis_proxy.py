@@ -90,5 +90,8 @@ class RedisProxy:
             while data := await src.read(65536):
                 dst.write(data)
                 await dst.drain()
-        except (OSError, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            return  # stopped on purpose (a lost reply): the caller closes both sides
+        except OSError:
             pass
+        dst.close()  # Redis went away: the client sees its connection close, as without a proxy
