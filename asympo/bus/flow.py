@@ -57,21 +57,30 @@ local function open_entries(stream, group)
 end
 """
 
+# In flight by the counters of a flow hash: dispatched − trained − Σ dropped (with earlier releases' fields).
+IN_FLIGHT = """
+local function in_flight(flow_key)
+  local flow = redis.call('HGETALL', flow_key)
+  local n = 0
+  for i = 1, #flow, 2 do
+    local name, value = flow[i], tonumber(flow[i + 1])
+    if name == 'dispatched' then n = n + value
+    elseif name == 'trained' or name == 'consumed' or name == 'dropped' or string.sub(name, 1, 8) == 'dropped:' then
+      n = n - value
+    end
+  end
+  return n
+end
+"""
+
 _RECONCILE = (
     FENCE_CHECK
     + _OPEN_ENTRIES
+    + IN_FLIGHT
     + """
 redis.replicate_commands()
 local real = open_entries(KEYS[3], ARGV[2]) + open_entries(KEYS[4], ARGV[3])
-local flow = redis.call('HGETALL', KEYS[2])
-local counted = 0
-for i = 1, #flow, 2 do
-  local name, value = flow[i], tonumber(flow[i + 1])
-  if name == 'dispatched' then counted = counted + value
-  elseif name == 'trained' or name == 'consumed' or name == 'dropped' or string.sub(name, 1, 8) == 'dropped:' then
-    counted = counted - value
-  end
-end
+local counted = in_flight(KEYS[2])
 if counted > real then redis.call('HINCRBY', KEYS[2], 'dropped:lost', counted - real) end
 return {counted, real}
 """

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from asympo.bus.codec import encode
 from asympo.bus.fence import FENCE_CHECK, Fence, run_fenced
+from asympo.bus.flow import IN_FLIGHT
 from asympo.bus.keys import GROUP_LEARNER, JobKeys
 
 STEPS_MAXLEN = 100_000
@@ -76,16 +77,9 @@ return deleted
 
 _CLOSE = (
     FENCE_CHECK
+    + IN_FLIGHT
     + """
-local flow = redis.call('HGETALL', KEYS[2])
-local open = 0
-for i = 1, #flow, 2 do
-  local name, value = flow[i], tonumber(flow[i + 1])
-  if name == 'dispatched' then open = open + value
-  elseif name == 'trained' or name == 'consumed' or name == 'dropped' or string.sub(name, 1, 8) == 'dropped:' then
-    open = open - value
-  end
-end
+local open = in_flight(KEYS[2])
 if open > 0 then redis.call('HINCRBY', KEYS[2], 'dropped:unused', open) end
 return open
 """
