@@ -69,6 +69,10 @@ class GrpcServer:
             await self.health.set(name, SERVING)
         return port
 
+    async def set_serving(self, name: str, serving: bool) -> None:
+        """Report one service SERVING or NOT_SERVING (e.g. while it cannot do its work); ignored once stopping."""
+        await self.health.set(name, SERVING if serving else NOT_SERVING)
+
     async def stop(self, grace_s: float | None = 10.0) -> None:
         """Report NOT_SERVING, refuse new RPCs, give in-flight ones `grace_s` seconds, then cancel them."""
         if self._stopping is None:

@@ -2,7 +2,8 @@
 
 A version is an HF-format directory `{store}/{job}/v{version}/` (safetensors, config, tokenizer) plus
 `asympo_version.json`: per-file sha256, the directory digest carried by PolicyVersion.sha256, and the
-version's probes (asympo.weights.probes). Versions appear atomically: written beside, then renamed.
+version's probes (asympo.weights.probes). Versions appear atomically: written beside, then renamed;
+`sweep_leftovers` removes what a killed writer left of that (asympo.weights.leftovers).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlparse
 from asympo.proto.v1 import bus_pb2
 from asympo.runtime import fence_file
 from asympo.runtime.durable import fsync_dir, fsync_tree
+from asympo.weights.leftovers import DEFAULT_GRACE_S, scratch_dir, sweep_dir, trash_name
 from asympo.weights.probes import Probe, compute_probes
 
 MANIFEST = "asympo_version.json"
@@ -155,11 +156,12 @@ def write_version(
     Version 0, the base model, is never garbage-collected: it is where a restarted job starts over.
     An existing directory of the same number is refused unless it holds the same weights, or `replace`
     says it was never announced (a crashed attempt's leftover). With `fence_token`, nothing is renamed
-    once a newer learner has claimed the job's directory (asympo.runtime.fence_file). Older versions go as gc_versions says.
+    once a newer learner has claimed the job's directory (asympo.runtime.fence_file). Older versions go
+    as gc_versions says.
     """
     target = version_dir(store, job_id, version)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".v{version}.tmp-", dir=target.parent))
+    tmp = scratch_dir(target.parent, target.name, "tmp")
     try:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -186,6 +188,7 @@ def write_version(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     gc_versions(store, job_id, keep, protect={version}, grace_s=grace_s)
+    sweep_leftovers(store, job_id)  # a predecessor on another machine may have left some, idle only now
     return _announcement(target, manifest), target
 
 
@@ -203,9 +206,14 @@ def announcement(path: Path) -> bus_pb2.PolicyVersion:
 
 def _discard(path: Path) -> None:
     # Renamed first: a reader never sees a half-deleted version under its real name.
-    trash = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+    trash = trash_name(path)
     os.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def sweep_leftovers(store: Path, job_id: str, grace_s: float = DEFAULT_GRACE_S) -> list[str]:
+    """Remove the job's scratch and trash directories no live writer owns (call as a writer starts)."""
+    return sweep_dir(Path(store) / job_id, grace_s)
 
 
 def gc_versions(

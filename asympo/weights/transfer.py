@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 
 from asympo.proto.v1 import learner_pb2, learner_pb2_grpc
+from asympo.weights.leftovers import scratch_dir
 from asympo.weights.store import (
     CHUNK_BYTES,
     MANIFEST,
@@ -81,7 +81,7 @@ def fetch_version(
     """Stream a version from the learner into dest_root/{job}/v{version}, verified; partial downloads vanish."""
     dest = version_dir(dest_root, job_id, version)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".v{version}.fetch-", dir=dest.parent))
+    tmp = scratch_dir(dest.parent, dest.name, "fetch")  # named after this process: see leftovers
     try:
         with grpc.insecure_channel(
             target, options=[("grpc.max_receive_message_length", 64 << 20)]

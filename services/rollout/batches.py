@@ -19,7 +19,7 @@ from services.reward.client import AsyncRewardClient, RewardServiceError
 
 from .engines import EngineError, GenRequest, GenSample
 from .metrics import RolloutMetrics
-from .served import ServedModel
+from .served import NotServing, ServedModel
 from .settings import RolloutSettings
 from .status_board import StatusBoard
 
@@ -58,6 +58,9 @@ class BatchProcessor:
         try:
             async with consumer.holding([d.entry_id for d in usable]):
                 await self._process_batch(consumer, keys, usable)
+        except NotServing as exc:
+            # Not the tasks' fault: left un-ACKed, they are taken up again once a verified version is served.
+            log.warning("no verified version served; tasks left for later", extra={"cause": str(exc)})
         except (EngineError, ValueError, RuntimeError) as exc:
             if len(usable) == 1:
                 # Left un-ACKed: redelivered until max_deliveries, then dead-lettered with the reason.
@@ -87,9 +90,9 @@ class BatchProcessor:
         for d in batch:
             self.metrics.queue_wait.observe(max(0.0, t_start - int(d.entry_id.split("-")[0]) / 1000))
         grpo = self.job is not None and self.job.spec.algorithm.loss == "grpo"
-        requests = [self._request(t, grpo) for t in tasks]
         async with self.model.lock:
-            version_start = self.model.version.version
+            version_start = self.model.serving().version
+            requests = [self._request(t, grpo) for t in tasks]
             t0 = time.perf_counter()
             groups = await asyncio.to_thread(self.model.engine.generate, requests)
             gen_s = time.perf_counter() - t0

@@ -43,12 +43,12 @@ async def evaluate(pod: RolloutPod, consumer: StreamConsumer, keys: JobKeys, del
     task: bus_pb2.EvalTask = delivery.message
     t0 = time.perf_counter()
     async with consumer.holding([delivery.entry_id]):
-        if task.version > pod.model.version.version:
+        if pod.model.behind(task.version):
             # The version to evaluate was published after this pod's last look.
             await pod.reloader.reload_newest(keys)
         requests = eval_requests(task)
         async with pod.model.lock:
-            served = pod.model.version.version
+            served = pod.model.serving().version  # NotServing leaves the task pending
             outputs = await asyncio.to_thread(pod.model.engine.generate, requests)
         n = len(task.prompts)
         greedy = [group[0] for group in outputs[:n]]

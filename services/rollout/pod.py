@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
@@ -27,6 +28,7 @@ from .batches import BatchProcessor
 from .engines import EngineError
 from .evaluation import evaluate
 from .metrics import RolloutMetrics
+from .policy import fetched_jobs, prune_fetched
 from .reloading import Reloader
 from .served import ServedModel
 from .settings import RolloutSettings
@@ -47,6 +49,8 @@ class RolloutPod:
         self.job: JobRecord | None = None
         self.redis: aioredis.Redis | None = None
         self.reward: AsyncRewardClient | None = None
+        # Reports the rollout service's gRPC health (set by the process that serves it).
+        self.health: Callable[[bool], Awaitable[None]] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -54,7 +58,7 @@ class RolloutPod:
         """Serve jobs until `stopping` is set."""
         self.redis = connect(self.settings.redis_url)
         self.reward = AsyncRewardClient(self.settings.reward_target, parallelism=4)
-        self.board = StatusBoard(self.redis, self.metrics, self.rate)
+        self.board = StatusBoard(self.redis, self.metrics, self.rate, self.health)
         self.reloader = Reloader(self.settings, self.redis, self.model, self.board, self.metrics)
         self.batches = BatchProcessor(
             self.settings, self.model, self.reward, self.board, self.metrics, self.pause
@@ -77,6 +81,7 @@ class RolloutPod:
                     await self.pause(self.settings.poll_s * 5)
                 finally:
                     await self.model.release()
+                    await self.board.set_health(True)  # no engine in an unknown state any more
                     self.job = self.batches.job = None
                     self.metrics.served_version.set(-1)
         finally:
@@ -117,6 +122,7 @@ class RolloutPod:
         # Earlier events are history: the job record holds their outcome (checked on every look).
         self.control = StreamFollower(self.redis, keys.control, bus_pb2.ControlEvent, job.job_id)
         await self.control.skip_to_end()
+        await self._prune_jobs_over()
         first = await self._wait_for_version(keys)
         if first is None:
             return
@@ -155,7 +161,7 @@ class RolloutPod:
                 if not batch:
                     batch = await consumer.read(s.batch_prompts, block_ms=int(min(s.poll_s, 2.0) * 1000))
                 if batch:
-                    if max(d.message.dispatch_version for d in batch) > self.model.version.version:
+                    if self.model.behind(max(d.message.dispatch_version for d in batch)):
                         # Dispatched against a version this pod has not loaded yet: load it first, or the
                         # groups would start out staler than the learner's admission control intended.
                         await self.reloader.reload_newest(keys)
@@ -163,6 +169,13 @@ class RolloutPod:
         finally:
             heartbeat.cancel()
             await self.board.set_state("stopped")
+
+    async def _prune_jobs_over(self) -> None:
+        """Drop fetched copies of jobs that are over (left by a pod killed before its job ended)."""
+        for job_id in fetched_jobs(self.settings.weights_dir):
+            job = await get_job(self.redis, job_id)
+            if job is None or job.state in FINAL_STATES:
+                await asyncio.to_thread(prune_fetched, self.settings.weights_dir, job_id)
 
     async def _wait_for_version(self, keys: JobKeys) -> bus_pb2.PolicyVersion | None:
         """The newest published version; version 0 (the base model) is published by the learner at start."""

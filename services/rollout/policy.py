@@ -5,15 +5,20 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
 from asympo.proto.v1 import bus_pb2
+from asympo.weights.leftovers import sweep_dir
 from asympo.weights.store import VersionManifest, WeightsError, local_path, verify_version
 from asympo.weights.transfer import fetch_version
 
 log = logging.getLogger(__name__)
+
+# Marks a job directory of --weights-dir as this pod's fetched copies: only marked directories are ever
+# pruned, so a --weights-dir pointed at the shared store by mistake loses nothing.
+FETCHED_MARK = ".asympo-fetched"
 
 
 class ReloadRefused(RuntimeError):
@@ -32,6 +37,7 @@ class LocalVersion:
     sha256: str
     path: Path
     manifest: VersionManifest
+    fetched: bool = False  # streamed into --weights-dir (else read in place from the shared store)
 
 
 def materialize(pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: str | None) -> LocalVersion:
@@ -39,7 +45,7 @@ def materialize(pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: st
 
     Blocking (hashes every file); run it in a thread.
     """
-    path = local_path(pv.uri)
+    path, fetched = local_path(pv.uri), False
     try:
         if path is None:
             if not learner_target:
@@ -49,43 +55,66 @@ def materialize(pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: st
                     "is set to fetch it from",
                 )
             dest = weights_dir / pv.job_id / f"v{pv.version}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            (dest.parent / FETCHED_MARK).touch()
+            sweep_dir(dest.parent)  # partial downloads of a killed predecessor
             if dest.exists():
                 shutil.rmtree(dest)  # a leftover of an earlier, failed attempt
+            fetched = True
             path = fetch_version(
                 learner_target, pv.job_id, pv.version, weights_dir, expected_sha256=pv.sha256
             )
         manifest = verify_version(path, pv.sha256)
     except WeightsError as exc:
         raise ReloadRefused("verify", f"version {pv.version} refused: {exc}") from exc
-    return LocalVersion(pv.version, pv.sha256, Path(path), manifest)
+    return LocalVersion(pv.version, pv.sha256, Path(path), manifest, fetched)
 
 
-def prune_fetched(weights_dir: Path, job_id: str, keep: set[Path]) -> None:
-    """Delete fetched versions of the job that are no longer needed (shared-volume versions are never touched)."""
+def prune_fetched(weights_dir: Path, job_id: str, keep: set[Path] = frozenset()) -> None:
+    """Delete this pod's fetched copies of the job but `keep`, and leftover downloads (never the shared store)."""
     root = weights_dir / job_id
-    if not root.is_dir():
+    if not (root / FETCHED_MARK).is_file():
         return
     for d in root.iterdir():
         if d.is_dir() and d not in keep and d.name.startswith("v"):
             shutil.rmtree(d, ignore_errors=True)
+    sweep_dir(root)
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def fetched_jobs(weights_dir: Path) -> list[str]:
+    """Jobs of which this pod keeps fetched copies in `weights_dir`."""
+    if not weights_dir.is_dir():
+        return []
+    return sorted(d.name for d in weights_dir.iterdir() if (d / FETCHED_MARK).is_file())
 
 
 class RetryGate:
-    """Remembers versions that failed, so a broken version is retried with backoff instead of every poll."""
+    """Remembers what failed (a version, or any key), so it is retried with backoff instead of every poll."""
 
     def __init__(
         self, first_s: float = 2.0, cap_s: float = 60.0, clock: Callable[[], float] = time.monotonic
     ):
         self.first_s, self.cap_s, self.clock = first_s, cap_s, clock
-        self._failures: dict[tuple[int, str], tuple[int, float]] = {}
+        self._failures: dict[Hashable, tuple[int, float]] = {}
 
-    def ready(self, pv: bus_pb2.PolicyVersion) -> bool:
-        """Whether this version may be tried now."""
-        entry = self._failures.get((pv.version, pv.sha256))
+    @staticmethod
+    def _key(what: bus_pb2.PolicyVersion | Hashable) -> Hashable:
+        return (what.version, what.sha256) if isinstance(what, bus_pb2.PolicyVersion) else what
+
+    def ready(self, what: bus_pb2.PolicyVersion | Hashable) -> bool:
+        """Whether this may be tried now."""
+        entry = self._failures.get(self._key(what))
         return entry is None or self.clock() >= entry[1]
 
-    def failed(self, pv: bus_pb2.PolicyVersion) -> None:
+    def failed(self, what: bus_pb2.PolicyVersion | Hashable) -> None:
         """Record a failure; the wait doubles each time."""
-        count = self._failures.get((pv.version, pv.sha256), (0, 0.0))[0] + 1
+        key = self._key(what)
+        count = self._failures.get(key, (0, 0.0))[0] + 1
         wait = min(self.cap_s, self.first_s * 2 ** (count - 1))
-        self._failures[(pv.version, pv.sha256)] = (count, self.clock() + wait)
+        self._failures[key] = (count, self.clock() + wait)
+
+    def succeeded(self, what: bus_pb2.PolicyVersion | Hashable) -> None:
+        """Forget the failures: the next one waits `first_s` again."""
+        self._failures.pop(self._key(what), None)

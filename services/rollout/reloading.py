@@ -5,21 +5,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from asympo.bus import JobKeys, newest_version
 from asympo.proto.v1 import bus_pb2
 
 from .metrics import RolloutMetrics
-from .policy import ReloadRefused, RetryGate, materialize, prune_fetched
-from .served import ServedModel
+from .policy import LocalVersion, ReloadRefused, RetryGate, materialize, prune_fetched
+from .served import EngineBroken, ServedModel, failure
 from .settings import RolloutSettings
 from .status_board import StatusBoard
 
 log = logging.getLogger(__name__)
 
+_RESTART = "restart"  # the RetryGate key of engine restarts (one backoff, whichever version they try)
+
 
 class Reloader:
-    """Brings the served model up to the newest announced version; refused versions are retried with backoff."""
+    """Brings the served model up to the newest announced version; refused versions are retried with backoff.
+
+    When a reload leaves the engine broken (the previous version could not be put back), the pod serves
+    nothing until a new engine, started from scratch on the newest announced version, passes its checks;
+    failed restarts back off.
+    """
 
     def __init__(
         self,
@@ -35,12 +43,21 @@ class Reloader:
         self.board = board
         self.metrics = metrics
         self._retry = RetryGate()
+        self._restarts = RetryGate()
 
     async def reload_newest(self, keys: JobKeys) -> None:
-        """Load the newest announced version if it is newer than the one served (refused ones back off)."""
+        """Load the newest announced version if it is newer than the one served (refused ones back off).
+
+        A broken engine is restarted on the newest version instead, when the restart backoff allows.
+        """
         pv = await newest_version(self.redis, keys)
+        if pv is None:
+            return
+        if self.model.broken is not None:
+            await self._restart(pv, keys)
+            return
         served = self.model.version
-        if pv is None or served is None or pv.version <= served.version or not self._retry.ready(pv):
+        if served is None or pv.version <= served.version or not self._retry.ready(pv):
             return
         t0 = time.perf_counter()
         await self.board.set_state("reloading")
@@ -49,26 +66,59 @@ class Reloader:
                 materialize, pv, self.settings.weights_dir, self.settings.learner_target
             )
             await self.model.swap(local)
+        except EngineBroken as exc:
+            self._failed(pv, exc.reason, str(exc))
+            self._restarts.failed(_RESTART)  # the first restart waits too: what broke may need a moment
+            await self.board.serving_nothing(str(exc))
+            log.error(
+                "the previous version could not be restored; serving nothing until the engine restarts",
+                extra={"version": pv.version, "cause": str(exc)},
+            )
+            return
         except ReloadRefused as exc:
             self._failed(pv, exc.reason, str(exc))
         except Exception as exc:
-            self._failed(pv, "engine", f"{type(exc).__name__}: {exc}")
+            self._failed(pv, "engine", failure(exc))
         else:
-            self.metrics.reload_seconds.observe(time.perf_counter() - t0)
-            await self.board.served_now(local)
-            prune_fetched(self.settings.weights_dir, keys.job_id, {local.path, served.path})
+            await self._serving(local, t0, keys, {local.path, served.path})
             log.info(
                 "policy reloaded",
                 extra={"version": local.version, "seconds": round(time.perf_counter() - t0, 3)},
             )
             return
-        await self.board.set_state("serving")
+        log.error(
+            "reload refused; still serving the previous version",
+            extra={"version": pv.version, "cause": self.board.status.last_error},
+        )
+        await self.board.set_state("paused" if self.board.paused else "serving")
+
+    async def _restart(self, pv: bus_pb2.PolicyVersion, keys: JobKeys) -> None:
+        if not self._restarts.ready(_RESTART):
+            return
+        t0 = time.perf_counter()
+        try:
+            local = await self.model.restart(pv)
+        except Exception as exc:
+            self._restarts.failed(_RESTART)
+            self.metrics.reload_failures.labels(getattr(exc, "reason", "engine")).inc()
+            message = f"{self.model.broken}; then the restart on v{pv.version} failed ({failure(exc)})"
+            self.board.reload_failed(message)
+            await self.board.serving_nothing(message)
+            log.error(
+                "engine restart failed; retrying with backoff",
+                extra={"version": pv.version, "cause": message},
+            )
+            return
+        self._restarts.succeeded(_RESTART)
+        await self._serving(local, t0, keys, {local.path})
+        log.info("serving again after an engine restart", extra={"version": local.version})
+
+    async def _serving(self, local: LocalVersion, t0: float, keys: JobKeys, keep: set[Path]) -> None:
+        self.metrics.reload_seconds.observe(time.perf_counter() - t0)
+        await self.board.served_now(local)
+        await asyncio.to_thread(prune_fetched, self.settings.weights_dir, keys.job_id, keep)
 
     def _failed(self, pv: bus_pb2.PolicyVersion, reason: str, message: str) -> None:
         self._retry.failed(pv)
         self.metrics.reload_failures.labels(reason).inc()
         self.board.reload_failed(message)
-        log.error(
-            "reload refused; still serving the previous version",
-            extra={"version": pv.version, "cause": message},
-        )

@@ -11,6 +11,7 @@ from asympo.proto.v1 import bus_pb2, rollout_pb2, rollout_pb2_grpc
 from .batches import MAX_GROUP_SIZE
 from .engines import GenRequest
 from .pod import RolloutPod
+from .served import NotServing
 
 SERVICE_NAME = rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name
 MAX_PROMPTS = 1024
@@ -45,10 +46,14 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
             )
         sp = request.sampling
         async with pod.model.lock:
-            if pod.model.engine is None or pod.model.version is None:
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION, "no model loaded: the pod serves no job yet"
+            try:
+                pod.model.serving()
+            except NotServing as exc:
+                # A broken engine holds weights of no known version: answering from it would be a lie.
+                code = (
+                    grpc.StatusCode.UNAVAILABLE if pod.model.broken else grpc.StatusCode.FAILED_PRECONDITION
                 )
+                await context.abort(code, str(exc))
             tokenizer = pod.model.engine.tokenizer
             requests = [
                 GenRequest.from_sampling(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from functools import partial
 
 from asympo.proto.v1 import rollout_pb2_grpc
 from asympo.runtime.grpc_server import GrpcServer
@@ -42,6 +43,9 @@ class RolloutService:
         grpc_server.add_service(
             rollout_pb2_grpc.add_RolloutServiceServicer_to_server, RolloutServicer(self.pod), SERVICE_NAME
         )
+        # The rollout service goes NOT_SERVING while its engine serves no verified version; the server's
+        # own health ("") stays SERVING: the process is alive and recovers by itself.
+        self.pod.health = partial(grpc_server.set_serving, SERVICE_NAME)
         port = await grpc_server.start()
         log.info(
             "serving",

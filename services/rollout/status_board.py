@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from asympo.jobs.records import PodStatus, put_pod
 
@@ -37,10 +38,14 @@ class TokenRate:
 class StatusBoard:
     """The pod's PodStatus record: state, served version, counters; written on changes and by heartbeat."""
 
-    def __init__(self, redis, metrics: RolloutMetrics, rate: TokenRate):
+    def __init__(
+        self, redis, metrics: RolloutMetrics, rate: TokenRate,
+        health: Callable[[bool], Awaitable[None]] | None = None,
+    ):  # fmt: skip
         self.redis = redis
         self.metrics = metrics
         self.rate = rate
+        self.health = health  # sets the gRPC health of the rollout service (SERVING or NOT_SERVING)
         self.status: PodStatus | None = None
         self.paused = False
 
@@ -81,7 +86,20 @@ class StatusBoard:
         self.status.served_version = local.version
         self.status.weights_sha256 = local.sha256
         self.status.state = "paused" if self.paused else "serving"
+        await self.set_health(True)
         await put_pod(self.redis, self.status)
+
+    async def serving_nothing(self, message: str) -> None:
+        """The engine serves no verified version: unhealthy, no served version, gRPC health NOT_SERVING."""
+        self.metrics.served_version.set(-1)
+        self.status.served_version, self.status.weights_sha256 = -1, ""
+        await self.set_health(False)
+        await self.set_state("unhealthy", last_error=message)
+
+    async def set_health(self, serving: bool) -> None:
+        """Report the rollout service's gRPC health."""
+        if self.health is not None:
+            await self.health(serving)
 
     def reload_failed(self, message: str) -> None:
         """Count a refused reload and keep its reason for the record."""

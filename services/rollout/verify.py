@@ -124,7 +124,7 @@ def check_head(engine: Engine, local: LocalVersion, previous: LocalVersion | Non
             f"> {tolerance:.1e} (a stale or wrong head would be served)",
         )  # fmt: skip
     if previous is not None:
-        before = head_columns(previous.path, dims)
+        before = _previous_head(previous, dims)
         if before is not None and before.shape == expected.shape:
             check.to_previous = float(torch.linalg.vector_norm(served - before.to(dtype).float()))
             if check.to_previous < check.to_new:
@@ -134,6 +134,19 @@ def check_head(engine: Engine, local: LocalVersion, previous: LocalVersion | Non
                     "the head was not reloaded",
                 )  # fmt: skip
     return check
+
+
+def _previous_head(previous: LocalVersion, dims: list[int]) -> torch.Tensor | None:
+    # The learner may have garbage-collected the previous version meanwhile: the exact comparison with
+    # the new head above already holds, so its absence must not refuse a good version.
+    try:
+        return head_columns(previous.path, dims)
+    except OSError as exc:
+        log.warning(
+            "head check: the previous version's files are gone; compared with the new head only",
+            extra={"version": previous.version, "cause": str(exc)},
+        )
+        return None
 
 
 def check_probes(engine: Engine, local: LocalVersion, tolerance: float | None = None) -> float:

