@@ -28,7 +28,7 @@ from asympo.bus import newest_version, reconcile
 from asympo.bus.fence import check_fence
 from asympo.proto.v1 import bus_pb2
 from asympo.runtime import fence_file
-from asympo.weights.store import write_version
+from asympo.weights.store import sweep_leftovers, write_version
 
 from . import distributed as D
 from . import failpoints
@@ -70,6 +70,9 @@ class VersionCommits:
             # From here on a learner that held the job before this one cannot change its files.
             for directory in (Path(ctx.settings.weight_store) / ctx.job_id, self.ckpt_dir):
                 await asyncio.to_thread(fence_file.claim, directory, ctx.fence_token)
+        if w.is_main:
+            # Half-written or half-deleted versions a killed predecessor left behind.
+            await asyncio.to_thread(sweep_leftovers, ctx.settings.weight_store, ctx.job_id)
         meta = await asyncio.to_thread(load_checkpoint, self.ckpt_dir, policy.model, policy.optimizer, w)
         if meta is not None:
             ctx.progress = Progress(meta["step"], meta["version"])
