@@ -87,12 +87,17 @@ async def test_a_second_learner_waits_and_fences_the_first_out_after_it_stalls(l
     first = run.start_learner(1, *FAST_LEASE)
     await run.start_sampler()
     await run.wait_for(lambda j: j.step >= 4, 300)
+    # Without groups the first learner idles (so the job cannot end before the second is up), and an idle
+    # learner must still keep its lease.
+    await run.stop_sampler()
     second = run.start_learner(1, *FAST_LEASE)
     waiting = second.wait_for_log("the job is held by another learner; waiting", timeout_s=120)
     assert waiting["holder"].endswith(f"/{first.proc.pid}")
-    step_before = (await get_job(run.redis, run.keys.job_id)).step
     await asyncio.sleep(2 * 3)  # two lease lifetimes: the first keeps renewing, the second keeps waiting
-    assert (await get_job(run.redis, run.keys.job_id)).step > step_before
+    assert not any(r.get("msg") == "taking the job" for r in second.records)
+    step_before = (await get_job(run.redis, run.keys.job_id)).step
+    await run.start_sampler()
+    await run.wait_for(lambda j: j.step > step_before, 120)  # the holder trains; the second still waits
     assert not any(r.get("msg") == "taking the job" for r in second.records)
 
     os.kill(first.proc.pid, signal.SIGSTOP)  # a learner that stalls (swapping, partitioned) past its lease

@@ -36,12 +36,15 @@ async def test_three_jobs_back_to_back_under_maxmemory_with_no_refused_write(
             await run.submit()
             run.start_learner(1, "--retention-s", str(RETENTION_S), "--housekeeping-s", "0.5")
             await run.start_sampler()
-            peak = 0
+            peak = longest = 0
             while (await get_job(redis, run.keys.job_id)).state not in FINAL_STATES:
                 peak = max(peak, int((await redis.info("memory"))["used_memory"]))
-                # Trimmed as it goes: the groups stream holds what is in flight, not the whole job.
-                assert await redis.xlen(run.keys.groups) <= 4 * spec.algorithm.prompts_per_step
+                longest = max(longest, await redis.xlen(run.keys.groups))
                 await asyncio.sleep(0.2)
+            # Trimmed as it goes: the groups stream holds what is in flight (3 steps' worth at staleness 2)
+            # plus what was trained since the last trim, never the whole job (40 steps' worth).
+            pps = spec.algorithm.prompts_per_step
+            assert longest <= 10 * pps, f"the groups stream reached {longest} entries"
             job = await run.finish()
             assert job.state == "succeeded", job.message
             job = await run.wait_for(lambda j: j.expires_at is not None, 60)  # the report follows the state

@@ -50,6 +50,7 @@ class LearnerRun:
     async def start_sampler(self, timeout_s: float = 120, when=lambda j: j.state == "running") -> None:
         """Start sampling once `when(job)` holds (by default: running, so version 0 is out)."""
         job = await self.wait_for(when, timeout_s)
+        self.sampler_stop = asyncio.Event()  # a sampler stopped before may be started again
         sampler = ReferenceSampler(self.redis, job, batch_prompts=self.spec.algorithm.prompts_per_step)
         self.sampler_task = asyncio.ensure_future(sampler.run(self.sampler_stop))
 
