@@ -124,15 +124,15 @@ def test_a_generation_slower_than_the_claim_idle_time_stays_with_its_pod(learner
     idle peer (its pod renews the claim), so every prompt is generated exactly once."""
     learner.publish_version(0)
     idle_s = 1.0
-    flags = ("--batch-prompts", "40", "--claim-idle-s", str(idle_s))
+    flags = ("--batch-prompts", "96", "--claim-idle-s", str(idle_s))
     pods = [start_pod(learner, reward_service, "hf", name, tmp_path, *flags) for name in ("pod-a", "pod-b")]
     try:
         for name in ("pod-a", "pod-b"):
             learner.wait_pod(name, lambda s: s.served_version == 0)
-        # One batch of 20,480 completions: at least 3 claim windows to generate even on a quiet machine
-        # (24 prompts took 2.9 s).
-        tasks = learner.dispatch(0, 40, group_size=512)
-        groups = learner.groups(40, timeout_s=600)
+        # One batch of 49,152 completions: at least 3 claim windows to generate even on a quiet machine
+        # (40 prompts took 2.5 s).
+        tasks = learner.dispatch(0, 96, group_size=512)
+        groups = learner.groups(96, timeout_s=600)
         check_groups(groups, tasks, {"pod-a", "pod-b"})  # each prompt exactly once
         (generate_s,) = {g.timings.generate_s for g in groups}
         assert generate_s > 3 * idle_s, (
