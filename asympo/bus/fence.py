@@ -1,9 +1,9 @@
 """One learner per job: a lease with a fencing token, checked by every write the learner makes.
 
-The lease is a hash `asympo:{job}:lease` {token, holder, expires_ms, clean, crashes} without a Redis
-TTL (an evicting Redis must never drop it; expiry is a field compared with Redis's own clock). A
-learner acquires it before touching a job and renews it a few times per `ttl_s`; acquiring takes the
-next token, so a later holder always has a larger one. Every script a learner runs against the job
+The lease is a hash `asympo:{job}:lease` {token, holder, expires_ms, clean, crashes, previous, op}
+without a Redis TTL (an evicting Redis must never drop it; expiry is a field compared with Redis's own
+clock). A learner acquires it before touching a job and renews it a few times per `ttl_s`; acquiring
+takes the next token, so a later holder always has a larger one. Every script a learner runs against the job
 begins with `FENCE_CHECK`: it refuses to run unless the lease's token is still the caller's, so a
 learner that lost the job (partitioned, paused past its lease, or simply a second learner started by
 mistake) can no longer dispatch, publish, ACK or change the job record.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,8 +30,14 @@ if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
 end
 """
 
+# ARGV: holder, ttl_ms, take_from, the call's op id. A re-sent call (its reply was lost) finds its op id
+# and returns the grant it made, instead of taking another token and counting itself as a crash.
 _ACQUIRE = """
 redis.replicate_commands()
+if redis.call('HGET', KEYS[1], 'op') == ARGV[4] then
+  local g = redis.call('HMGET', KEYS[1], 'token', 'crashes', 'previous')
+  return {tonumber(g[1]), tonumber(g[2]), g[3]}
+end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local holder = redis.call('HGET', KEYS[1], 'holder')
@@ -45,7 +52,7 @@ if holder and clean ~= '1' then
 end
 local token = redis.call('HINCRBY', KEYS[1], 'token', 1)
 redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'expires_ms', now + tonumber(ARGV[2]), 'clean', '0',
-           'crashes', crashes, 'previous', holder or '')
+           'crashes', crashes, 'previous', holder or '', 'op', ARGV[4])
 return {token, crashes, holder or ''}
 """
 
@@ -161,7 +168,9 @@ class JobLease:
 
     async def acquire(self, take_from: str = "") -> Grant | Held:
         """Take the lease unless a live holder has it (`take_from`: a holder known to be dead)."""
-        reply = await self.redis.eval(_ACQUIRE, 1, self.key, self.holder, self.ttl_ms, take_from)
+        reply = await self.redis.eval(
+            _ACQUIRE, 1, self.key, self.holder, self.ttl_ms, take_from, uuid.uuid4().hex
+        )
         if int(reply[0]) == 0:
             return Held(_text(reply[1]), int(reply[2]) / 1000)
         self.fence = Fence(self.key, str(int(reply[0])))

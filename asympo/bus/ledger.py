@@ -16,6 +16,7 @@ A step record is what the learner trained; the steps stream after roll-backs is 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
@@ -85,13 +86,23 @@ return open
 """
 )
 
+# ARGV: token, maxlen, fields per entry, the call's op id, then each entry's fields. Every entry carries
+# the op id, so a re-sent call finds its entries among the newest ones and returns their ids instead of
+# appending them again (a version announced twice would break the gap-free version history).
 _APPEND = (
     FENCE_CHECK
     + """
+local done = {}
+for _, e in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 64)) do
+  local f = e[2]
+  if f[1] == 'op' and f[2] == ARGV[4] then table.insert(done, 1, e[1]) end
+end
+if #done > 0 then return done end
 local per = tonumber(ARGV[3]) * 2
 local ids = {}
-for i = 4, #ARGV, per do
-  ids[#ids + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, i, i + per - 1))
+for i = 5, #ARGV, per do
+  ids[#ids + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'op', ARGV[4],
+                             unpack(ARGV, i, i + per - 1))
 end
 return ids
 """
@@ -143,15 +154,16 @@ class Ledger:
 
     async def append_record(self, record: dict) -> str:
         """Append a record (evaluation, start, end) to the steps stream."""
-        ids = await run_fenced(
-            self.redis, _APPEND, self.fence, [self.keys.steps], [STEPS_MAXLEN, 1, "json", json.dumps(record)]
-        )
+        args = [STEPS_MAXLEN, 1, uuid.uuid4().hex, "json", json.dumps(record)]
+        ids = await run_fenced(self.redis, _APPEND, self.fence, [self.keys.steps], args)
         return _text(ids[0])
 
     async def publish(self, stream: str, messages: Sequence[Message], maxlen: int = 100_000) -> list[str]:
-        """XADD bus messages (policy versions, evaluation tasks) as this learner."""
+        """XADD bus messages (policy versions, evaluation tasks) as this learner, once even if re-sent."""
         fields = [x for m in messages for kv in encode(m).items() for x in kv]
-        ids = await run_fenced(self.redis, _APPEND, self.fence, [stream], [maxlen, 2, *fields])
+        ids = await run_fenced(
+            self.redis, _APPEND, self.fence, [stream], [maxlen, 2, uuid.uuid4().hex, *fields]
+        )
         return [_text(i) for i in ids]
 
 

@@ -133,9 +133,12 @@ async def test_writes_whose_reply_is_lost_are_counted_once(redis_server, job_key
                 int(await redis.hget(job_keys.flow, "naive")) == 2 and await redis.xlen(job_keys.control) == 2
             )
 
-            for step in ("dispatch", "publish", "dead_letter", "commit", "discard"):
+            for step in ("acquire", "dispatch", "publish", "dead_letter", "commit", "discard", "announce",
+                         "record"):  # fmt: skip
                 proxy.lose_reply_after(b"EVAL")
-                if step == "dispatch":
+                if step == "acquire":
+                    grant = await JobLease(redis, job_keys.lease, ttl_s=30).acquire()
+                elif step == "dispatch":
                     await dispatch(redis, job_keys, [task(job_keys, i) for i in range(6)], position=0)
                 elif step == "publish":
                     p = pod(redis, job_keys)
@@ -148,12 +151,18 @@ async def test_writes_whose_reply_is_lost_are_counted_once(redis_server, job_key
                 elif step == "commit":
                     groups = await learner(redis, job_keys).read(5, 100)
                     await Ledger(redis, job_keys).commit_step([d.entry_id for d in groups[:3]], {"step": 1})
-                else:
+                elif step == "discard":
                     await Ledger(redis, job_keys).discard(
                         [(d.entry_id, d.message.prompt_id) for d in groups[3:]], "stale", 1
                     )
+                elif step == "announce":
+                    pv = bus_pb2.PolicyVersion(job_id=job_keys.job_id, version=1)
+                    announced = await Ledger(redis, job_keys).publish(job_keys.policy, [pv])
+                else:
+                    recorded = await Ledger(redis, job_keys).append_record({"eval": True, "version": 1})
                 assert proxy.wait_lost(), step
-            assert proxy.lost == 6
+            assert proxy.lost == 9
+            assert (grant.token, grant.crashes) == (1, 0)  # not a second token, not a crash of its own
             flow = await read_flow(redis, job_keys)
             assert (
                 flow.dispatched,
@@ -163,7 +172,10 @@ async def test_writes_whose_reply_is_lost_are_counted_once(redis_server, job_key
                 flow.in_flight,
             ) == (6, 3, 1, 2, 0)
             assert await redis.xlen(job_keys.prompts) == 6 and await redis.xlen(job_keys.groups) == 5
-            assert await redis.xlen(job_keys.dead) == 1 and await redis.xlen(job_keys.steps) == 1
+            assert await redis.xlen(job_keys.dead) == 1
+            # Appends are found again, not repeated: one version announced, one record, their own ids.
+            assert [i.decode() for i, _ in await redis.xrange(job_keys.policy)] == announced
+            assert [i.decode() for i, _ in await redis.xrange(job_keys.steps)][1:] == [recorded]
             assert [r["prompt_ids"] for r in await drop_records(redis, job_keys)] == [["p3", "p4"]]
         finally:
             await redis.aclose()
