@@ -3,8 +3,8 @@
 The lease is a hash `asympo:{job}:lease` {token, holder, expires_ms, clean, crashes, previous, op}
 without a Redis TTL (an evicting Redis must never drop it; expiry is a field compared with Redis's own
 clock). A learner acquires it before touching a job and renews it a few times per `ttl_s`; acquiring
-takes the next token, so a later holder always has a larger one. Every script a learner runs against the job
-begins with `FENCE_CHECK`: it refuses to run unless the lease's token is still the caller's, so a
+takes the next token, so a later holder always has a larger one. Every script a learner runs against
+the job begins with `FENCE_CHECK`: it refuses to run unless the lease's token is still the caller's, so a
 learner that lost the job (partitioned, paused past its lease, or simply a second learner started by
 mistake) can no longer dispatch, publish, ACK or change the job record.
 
