@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import random
+import secrets
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `services` importable
     sys.path.insert(0, str(REPO))
 
+from asympo.runtime.grpc_auth import GRPC_TOKEN_ENV  # noqa: E402
 from services.reward.client import RewardClient  # noqa: E402
 
 FILLER = [
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     batches = make_batches(args.items, random.Random(args.seed))
     items = [x for b in batches for x in b]
+    # The service refuses to start without a gRPC token; it and the clients read this one.
+    os.environ.setdefault(GRPC_TOKEN_ENV, secrets.token_urlsafe(24))
     proc, target = start_service(args.workers)
     try:
         in_process(items)  # warm-up: imports, math-verify's parser, the reference cache

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from asympo.jobs.spec import JobSpec
+from asympo.runtime.grpc_auth import GRPC_TOKEN_ENV
+from tests.support.service_process import TEST_GRPC_TOKEN
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_JOB = REPO / "examples" / "jobs" / "arith-tiny.yaml"
@@ -14,6 +16,8 @@ EXAMPLE_JOB = REPO / "examples" / "jobs" / "arith-tiny.yaml"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The services' shared gRPC token: services started by tests and the clients in the tests use it.
+os.environ.setdefault(GRPC_TOKEN_ENV, TEST_GRPC_TOKEN)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,10 @@ def encode(message: Message) -> dict[str, bytes]:
 
 def decode(fields: dict, message_type: type[Message], job_id: str | None = None) -> Message:
     """Parse and check an entry; raises EntryError naming what is wrong with it."""
-    fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in (fields or {}).items()}
+    # Field names are bytes from Redis and any bytes at all in a hostile entry: never let them raise.
+    fields = {
+        (k.decode(errors="replace") if isinstance(k, bytes) else k): v for k, v in (fields or {}).items()
+    }
     version = fields.get("v")
     if version is None:
         raise EntryError("missing schema version field 'v'")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -10,6 +11,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from asympo.runtime.placeholder_secrets import check_secret
 
 ENV_URL = "ASYMPO_REDIS_URL"
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError, OSError)
@@ -22,6 +25,9 @@ def redis_url(url: str | None = None) -> str:
         raise RuntimeError(f"no Redis URL: pass one or set {ENV_URL} (e.g. redis://:password@host:6379/0)")
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"Redis URL must start with redis://, rediss:// (TLS) or unix://, got {url!r}")
+    password = urlsplit(url).password
+    if password:
+        check_secret(unquote(password), "the password in the Redis URL")
     return url
 
 

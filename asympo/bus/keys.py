@@ -22,7 +22,7 @@ class JobKeys:
     def __post_init__(self) -> None:
         if not _JOB_ID.match(self.job_id):
             raise ValueError(
-                f"job id {self.job_id!r} must match {_JOB_ID.pattern} (it becomes part of Redis keys)"
+                f"job id {self.job_id[:60]!r} must match {_JOB_ID.pattern} (it becomes part of Redis keys)"
             )
 
     def _key(self, name: str) -> str:
@@ -52,6 +52,11 @@ class JobKeys:
     def dead(self) -> str:
         """Stream of dead-lettered entries with their reason."""
         return self._key("dead")
+
+    @property
+    def skipped(self) -> str:
+        """Hash of the entries of plain streams (policy, control, eval-results) already dead-lettered."""
+        return self._key("skipped")
 
     @property
     def pods(self) -> str:
@@ -101,5 +106,5 @@ class JobKeys:
     def all(self) -> list[str]:
         """Every key of the job (what retention expires); the job's record in `asympo:jobs` stays."""
         names = ("prompts", "groups", "policy", "control", "dead", "pods", "claims", "claim_ages", "lease",
-                 "drops", "steps", "flow", "evals", "eval_results")  # fmt: skip
+                 "drops", "steps", "flow", "evals", "eval_results", "skipped")  # fmt: skip
         return [getattr(self, name) for name in names] + [self._key("seen")]

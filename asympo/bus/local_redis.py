@@ -105,9 +105,13 @@ def start_redis(
     appendfsync: str | None = None,
     maxmemory: int | str | None = None,
     maxmemory_policy: str | None = None,
+    renamed_commands: dict[str, str] | None = None,
 ) -> LocalRedis:
-    """Start (or find) a Redis from the first source in `sources` that works (settings: see ServerConfig)."""
-    config = ServerConfig(appendonly, appendfsync, maxmemory, maxmemory_policy)
+    """Start (or find) a Redis from the first source in `sources` that works (settings: see ServerConfig).
+
+    `renamed_commands` maps a command to its new name ("" disables it) on servers we start.
+    """
+    config = ServerConfig(appendonly, appendfsync, maxmemory, maxmemory_policy, renamed_commands or {})
     tried = []
     for source in sources:
         if source == "env":

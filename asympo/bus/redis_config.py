@@ -7,7 +7,7 @@ docker-compose.yml); deploy/k8s/README.md explains them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Only keys with a TTL may be evicted: the system gives one only to data that may go (finished jobs'
 # keys after their retention, idempotency keys). Active job state has none, so it is never evicted;
@@ -43,6 +43,8 @@ class ServerConfig:
     appendfsync: str | None = None
     maxmemory: int | str | None = None
     maxmemory_policy: str | None = None
+    # command -> new name; "" disables it. Set on the local stack's Redis (stack_redis.py).
+    renamed_commands: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.appendfsync is not None and self.appendfsync not in APPENDFSYNC:
@@ -65,4 +67,6 @@ class ServerConfig:
             args += ["--maxmemory", str(memory_bytes(self.maxmemory))]
         if self.maxmemory_policy:
             args += ["--maxmemory-policy", self.maxmemory_policy]
+        for command, new_name in self.renamed_commands.items():
+            args += ["--rename-command", command, new_name]
         return args

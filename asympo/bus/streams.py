@@ -22,6 +22,8 @@ from asympo.bus.codec import SCHEMA_VERSION, EntryError, decode, encode
 from asympo.bus.connection import RETRYABLE
 from asympo.bus.dead_letters import DeadLetters
 from asympo.bus.delivery import ConsumerStats, Delivery
+from asympo.bus.flow import FOREIGN, origins
+from asympo.bus.keys import JobKeys
 from asympo.bus.lease import Lease
 from asympo.bus.stream_io import _id
 
@@ -68,6 +70,9 @@ class StreamConsumer:
         self.job_id = job_id
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.max_deliveries = max_deliveries
+        # Why this consumer last failed each entry it left un-ACKed: a task given up after
+        # max_deliveries is dead-lettered with that cause, not only with the count.
+        self._failures: dict[str, str] = {}
         # Dropped entries never reach the learner: admission control must stop counting them in flight.
         self.flow_key = flow_key
         self.stats = ConsumerStats()
@@ -178,7 +183,11 @@ class StreamConsumer:
             entry_id = _id(raw_id)
             deliveries = counts.get(entry_id, 1)
             if deliveries > self.max_deliveries:
-                await self.dead_letter(entry_id, fields, f"exceeded {self.max_deliveries} deliveries")
+                last = self._failures.pop(entry_id, None)
+                reason = f"exceeded {self.max_deliveries} deliveries" + (
+                    f"; last failure: {last}" if last else ""
+                )
+                await self.dead_letter(entry_id, fields, reason)
                 continue
             try:
                 message = decode(fields, self.message_type, self.job_id)
@@ -233,6 +242,28 @@ class StreamConsumer:
         )
         return [_id(i) for i in published]
 
+    def note_failure(self, entry_id: str, cause: str) -> None:
+        """Remember why an entry is left un-ACKed, for the reason it is dead-lettered with later."""
+        self._failures[entry_id] = cause[:300]
+        while len(self._failures) > 10_000:  # entries other consumers took over never come back here
+            del self._failures[next(iter(self._failures))]
+
     async def dead_letter(self, entry_id: str, fields, reason: str) -> None:
-        """Record the entry and its reason in the dead-letter stream and ACK it, atomically."""
-        await self.dead_letters.put(entry_id, fields, reason)
+        """Record the entry and its reason in the dead-letter stream and ACK it, atomically; with a flow
+        hash, counted `dropped:dead` if it is a prompt the job dispatched, else `foreign`."""
+        await self.dead_letters.put(entry_id, fields, reason, counter=await self._counter(fields))
+
+    async def _counter(self, fields) -> str:
+        if self.flow_key is None or self.job_id is None:
+            return "dropped:dead"
+        try:
+            message = decode(fields, self.message_type, self.job_id)
+        except EntryError:
+            # The job's own writers never write an entry that does not decode for the job: garbage,
+            # another job's entry or a foreign schema is no prompt of this job, and must not count as one.
+            return FOREIGN
+        prompt_id = getattr(message, "prompt_id", "")
+        if not prompt_id:
+            return "dropped:dead"
+        (origin,) = await origins(self.redis, JobKeys(self.job_id), [prompt_id])
+        return FOREIGN if origin.foreign else "dropped:dead"

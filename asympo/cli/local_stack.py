@@ -1,12 +1,12 @@
 """The local stack: Redis and the four services as detached child processes on loopback.
 
 State lives under one home directory (default `.asympo/`): `logs/<service>.log`, `pids/<service>.pid`,
-`redis.url`, `redis/` (Redis's data: see stack_redis.py), `api-token`, `stack.json` (ports), the weight
-store, checkpoints and reports. `up` is idempotent: it starts only what is not running, so a crashed
-service (Redis included, with its data) comes back with another `up`. `down` stops exactly the
-processes whose pid files `up` wrote (each in its own process group, so a service's children, such as
-the vLLM engine core or the reward workers, go with it); a pid that now belongs to another process is
-left alone. `down` keeps the data; `purge()` (`asympo down --purge`) then removes it.
+`redis.url`, `redis/` (Redis's data: see stack_redis.py), `api-token`, `grpc-token` (the services' shared
+gRPC token, mode 600), `stack.json` (ports), the weight store, checkpoints and reports. `up` is
+idempotent: it starts only what is not running, so a crashed service (Redis included, with its data)
+comes back with another `up`. `down` stops exactly the processes whose pid files `up` wrote (each in
+its own process group, so a service's children, such as the vLLM engine core or the reward workers, go
+with it); a pid that now belongs to another process is left alone. `down` keeps the data; `purge()` (`asympo down --purge`) then removes it.
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ from pathlib import Path
 from asympo.bus.connection import ENV_URL
 from asympo.bus.local_redis import RedisUnavailable
 from asympo.cli.processes import owned_process, pid_record, stop_tree
-from asympo.cli.stack_redis import start_stack_redis
+from asympo.cli.stack_redis import start_stack_redis, write_private
 from asympo.runtime.api_token import TOKEN_ENV
+from asympo.runtime.grpc_auth import GRPC_TOKEN_ENV, saved_token
 
 SERVICES = ("reward", "rollout", "learner", "gateway")
 # What `down --purge` removes, under the home: Redis's data, the weight store, checkpoints, the pods'
 # fetched weights, the ports and the Redis URL. Kept: logs/ (why the last run failed is often the
-# reason to start over), reports/ (what runs produced) and api-token (clients were given it).
+# reason to start over), reports/ (what runs produced), api-token (clients were given it) and grpc-token.
 PURGED = ("redis", "weight-store", "checkpoints", "weights", "stack.json", "redis.url")
 
 
@@ -117,6 +118,15 @@ class LocalStack:
         self.say(f"generated an API token (saved in {path}): {token}")
         return token
 
+    def grpc_token(self) -> str:
+        """The services' shared gRPC token: $ASYMPO_GRPC_TOKEN, else `grpc-token` under home (made once)."""
+        if os.environ.get(GRPC_TOKEN_ENV):
+            return os.environ[GRPC_TOKEN_ENV]
+        token, created = saved_token(self.config.home / "grpc-token")
+        if created:
+            self.say(f"generated the services' gRPC token (saved in {self.config.home / 'grpc-token'})")
+        return token
+
     def redis_url(self) -> str | None:
         """The Redis the stack uses, if known."""
         if os.environ.get(ENV_URL):
@@ -139,6 +149,7 @@ class LocalStack:
         url = self._ensure_redis()
         token = self.token()
         env = {ENV_URL: url, TOKEN_ENV: token}
+        env[GRPC_TOKEN_ENV] = self.grpc_token()
         reward_port = self._ensure("reward", ["services.reward"], env)["port"]
         for i in range(c.rollout_pods):
             name = "rollout" if i == 0 else f"rollout-{i}"
@@ -171,8 +182,11 @@ class LocalStack:
         except RedisUnavailable as exc:
             raise StackError(f"redis: {exc}") from None
         self._pidfile("redis").write_text(pid_record(server.pid))
-        (self.config.home / "redis.url").write_text(server.url)
-        self.say(f"redis: started ({server.source}) at {server.url}, data in {server.data_dir}")
+        write_private(self.config.home / "redis.url", server.url)  # it carries the password
+        where = f"127.0.0.1:{server.port}" if server.port else "its URL"
+        self.say(
+            f"redis: started ({server.source}) at {where}, password in redis.url, data in {server.data_dir}"
+        )
         return server.url
 
     def _ensure(self, name: str, argv: list[str], env: dict, port: int = 0, extra: list[str] = ()) -> dict:

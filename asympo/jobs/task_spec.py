@@ -7,16 +7,37 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from asympo.jobs.spec_errors import _Strict
+from asympo.jobs.spec_errors import Seed, _Strict
 
 TINY_ALPHABET = "0123456789+-*= "
 
 
 def _template_fields(template: str) -> set[str]:
+    """The record fields a template names; only plain `{name}` references are allowed."""
     try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        parts = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise ValueError(f"template is not a valid format string: {exc}") from None
+    names = set()
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        # A format spec ({q:>2000000000}) can allocate gigabytes, and attribute or index access
+        # ({q.__class__}, {q[0]}) reaches past the record: a template only names fields.
+        if spec or conversion or not name.isidentifier():
+            shown = (
+                "{"
+                + name[:40]
+                + ("!" + conversion if conversion else "")
+                + (":" + spec[:20] if spec else "")
+                + "}"
+            )
+            raise ValueError(
+                f"template may only reference fields as {{name}}, without format specs, conversions, "
+                f"attributes or indexes; got {shown}"
+            )
+        names.add(name)
+    return names
 
 
 class _PromptOptions(_Strict):
@@ -47,8 +68,8 @@ class ArithmeticTaskSpec(_PromptOptions):
     )
     digits: int = Field(2, ge=1, le=9)
     operators: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"], min_length=1)
-    heldout_size: int = Field(200, ge=1, description="fixed held-out problems, never trained on")
-    seed: int = Field(0, description="seed of the held-out set; the job seed drives training order")
+    heldout_size: int = Field(200, ge=1, le=100_000, description="fixed held-out problems, never trained on")
+    seed: Seed = Field(0, description="seed of the held-out set; the job seed drives training order")
 
     @field_validator("template")
     @classmethod
@@ -82,24 +103,30 @@ class DatasetTaskSpec(_PromptOptions):
     """Prompts and reference answers from a JSONL / Parquet file or a Hugging Face dataset name."""
 
     kind: Literal["dataset"] = "dataset"
-    path: str = Field(min_length=1, description=".jsonl/.json/.parquet file, or a Hugging Face dataset name")
-    split: str = "train"
-    subset: str | None = Field(None, description="Hugging Face dataset configuration name")
-    prompt_field: str = "question"
-    answer_field: str = "answer"
-    id_field: str | None = None
-    template: str = Field("{question}", description="Python format string over the record's fields")
-    heldout_path: str | None = Field(
-        None, description="held-out file or split; else split off the training data"
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description=".jsonl/.json/.parquet file, or a Hugging Face dataset name",
     )
-    heldout_split: str | None = None
-    heldout_size: int = Field(200, ge=1)
-    limit: int | None = Field(None, ge=1, description="use only the first `limit` records")
+    split: str = Field("train", min_length=1, max_length=256)
+    subset: str | None = Field(None, max_length=256, description="Hugging Face dataset configuration name")
+    prompt_field: str = Field("question", min_length=1, max_length=256)
+    answer_field: str = Field("answer", min_length=1, max_length=256)
+    id_field: str | None = Field(None, min_length=1, max_length=256)
+    template: str = Field(
+        "{question}", max_length=4096, description="Python format string over the record's fields"
+    )
+    heldout_path: str | None = Field(
+        None, max_length=4096, description="held-out file or split; else split off the training data"
+    )
+    heldout_split: str | None = Field(None, max_length=256)
+    heldout_size: int = Field(200, ge=1, le=100_000)
+    limit: int | None = Field(None, ge=1, le=100_000_000, description="use only the first `limit` records")
 
     @field_validator("template")
     @classmethod
     def _has_field(cls, template: str) -> str:
-        if "{" not in template:
+        if not _template_fields(template):
             raise ValueError("template must reference at least one record field, e.g. '{question}'")
         return template
 

@@ -15,14 +15,15 @@ import logging
 import redis.asyncio as aioredis
 from safetensors.torch import load_file
 
-from asympo.bus import GROUP_ROLLOUT, JobKeys, StreamConsumer, newest_version
+from asympo.bus import GROUP_ROLLOUT, JobKeys, StreamConsumer
+from asympo.bus.policy_stream import PolicyReader
 from asympo.bus.scored import scored_group
 from asympo.jobs.records import FINAL_STATES, JobRecord, get_job
 from asympo.models.generation import GenRequest
 from asympo.models.hf_generate import hf_generate_ids
 from asympo.models.loading import load_policy
 from asympo.proto.v1 import bus_pb2
-from asympo.weights.store import local_path, verify_version
+from asympo.weights.store import WeightsError, local_path, verify_version
 
 from .loop import VERIFIERS
 
@@ -49,6 +50,7 @@ class ReferenceSampler:
         self.model = None
         self.tokenizer = None
         self.version = -1
+        self.policy = PolicyReader(redis, name)
         self.groups_published = 0
         self.consumer = StreamConsumer(
             redis, self.keys.prompts, GROUP_ROLLOUT, name, bus_pb2.PromptTask,
@@ -113,13 +115,24 @@ class ReferenceSampler:
         return out
 
     async def _follow_policy(self) -> None:
-        pv = await newest_version(self.redis, self.keys)
-        if pv is None or pv.version <= self.version:
+        # Like a pod: a forged or broken announcement is refused and the newest real one served.
+        for _ in range(PolicyReader.MAX_REFUSALS + 1):
+            pv = await self.policy.newest(self.keys, lambda v: v.version > self.version)
+            if pv is None:
+                return
+            path = local_path(pv.uri)
+            try:
+                if path is None:
+                    raise WeightsError(
+                        f"the reference sampler reads versions from a shared directory, not {pv.uri}"
+                    )
+                await asyncio.to_thread(verify_version, path, pv.sha256)
+                break
+            except WeightsError as exc:
+                log.warning("version refused: %s", exc)
+                await self.policy.refuse(self.keys, pv, str(exc))
+        else:
             return
-        path = local_path(pv.uri)
-        if path is None:
-            raise ValueError(f"the reference sampler reads versions from a shared directory, not {pv.uri}")
-        await asyncio.to_thread(verify_version, path, pv.sha256)
         if self.model is None:
             self.model, self.tokenizer = await asyncio.to_thread(load_policy, str(path), "float32", "cpu")
             self.model.eval()

@@ -1,7 +1,8 @@
 """The serving scaffold every asympo gRPC service shares: a grpc.aio server with the standard health
-service, a bound-port report, and a graceful stop on SIGTERM/SIGINT.
+service, the shared-token check (asympo.runtime.grpc_auth), optional TLS, a bound-port report, and a
+graceful stop on SIGTERM/SIGINT.
 
-    server = GrpcServer("0.0.0.0", 50051)
+    server = GrpcServer.for_service(settings)   # settings.host/port, its token required, TLS if configured
     server.add_service(reward_pb2_grpc.add_RewardServiceServicer_to_server, servicer, "asympo.v1.RewardService")
     port = await server.start()
     await server.serve_until_signal(grace_s=10)   # returns after a clean stop; the process then exits 0
@@ -18,6 +19,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from asympo.runtime.grpc_auth import GrpcSecuritySettings, TokenInterceptor, check_token, server_credentials
+
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -25,22 +28,52 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class GrpcServer:
-    """A grpc.aio server bound to host:port that answers grpc.health.v1 for itself and its services."""
+    """A grpc.aio server bound to host:port that answers grpc.health.v1 for itself and its services.
 
-    def __init__(self, host: str = "0.0.0.0", port: int = 0, options: Sequence[tuple[str, Any]] = ()):
+    With a `token`, every RPC but health must carry it (TokenInterceptor); with `credentials`, it serves
+    TLS. Services build theirs with `for_service`, which requires the token; bare servers are for tests.
+    """
+
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        options: Sequence[tuple[str, Any]] = (),
+        *,
+        token: str | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+    ):
         self.host = host
         self.requested_port = port
         self.port: int | None = None
         self.service_names: list[str] = []
         self.health = health.aio.HealthServicer()
+        self.tls = credentials is not None
+        self._credentials = credentials
+        interceptors = [TokenInterceptor(token)] if token is not None else []
         # gRPC turns SO_REUSEPORT on by default: a second service started on a taken port would then
         # silently share its traffic instead of failing. Callers may still pass ("grpc.so_reuseport", 1).
-        self._server = grpc.aio.server(options=list({"grpc.so_reuseport": 0, **dict(options)}.items()))
+        self._server = grpc.aio.server(
+            options=list({"grpc.so_reuseport": 0, **dict(options)}.items()), interceptors=interceptors
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self._stopping: asyncio.Task | None = None
         # Our own "terminated" flag: cancelling a pending grpc.aio wait_for_termination() (grpcio 1.85)
         # also cancels a later stop(), so the server's own waiter is never used.
         self._terminated = asyncio.Event()
+
+    @classmethod
+    def for_service(
+        cls, settings: GrpcSecuritySettings, options: Sequence[tuple[str, Any]] = ()
+    ) -> GrpcServer:
+        """A service's server: its settings' host and port, its token required, TLS when it has a certificate."""
+        return cls(
+            settings.host,
+            settings.port,
+            options,
+            token=check_token(settings.grpc_token),
+            credentials=server_credentials(settings),
+        )
 
     def add_service(self, add_to_server: Callable[[Any, Any], None], servicer: Any, name: str) -> None:
         """Register a servicer (with its generated `add_*_to_server`) under its full proto service name."""
@@ -57,7 +90,10 @@ class GrpcServer:
             else f"{self.host}:{self.requested_port}"
         )
         try:
-            port = self._server.add_insecure_port(address)
+            if self._credentials is None:
+                port = self._server.add_insecure_port(address)
+            else:
+                port = self._server.add_secure_port(address, self._credentials)
         except RuntimeError:  # grpcio raises here (older versions return 0) when the bind fails
             port = 0
         if port == 0:

@@ -36,6 +36,20 @@ def _log_level(value: str) -> str:
 LogLevel = Annotated[str, AfterValidator(_log_level), Field(description="DEBUG, INFO, WARNING, ERROR")]
 
 
+def _usable_redis_url(value: str | None) -> str | None:
+    from asympo.bus.connection import ENV_URL, redis_url
+
+    # Checked at start (scheme, no example password) whether it came as a flag or from $ASYMPO_REDIS_URL;
+    # unset stays None, and the service that needs Redis says so when it connects.
+    return redis_url(value) if value or os.environ.get(ENV_URL) else None
+
+
+# The redis_url field of the services that use Redis.
+RedisUrl = Annotated[
+    str | None, AfterValidator(_usable_redis_url), Field(description="Redis URL (default $ASYMPO_REDIS_URL)")
+]
+
+
 def load_settings(cls: type[S], prog: str, description: str, argv: list[str] | None = None) -> S:
     """Settings from the environment, overridden by the flags in argv; SettingsError names bad fields.
 

@@ -18,6 +18,12 @@ class DatasetError(ValueError):
     """A dataset that cannot be turned into problems; the message says which record and field."""
 
 
+def _field_names(record: dict) -> str:
+    # Errors reach whoever submitted the job: name a few fields, cut short, never values.
+    names = [str(k)[:40] for k in list(record)[:8]]
+    return ", ".join(names) + (f", … ({len(record)} in all)" if len(record) > 8 else "")
+
+
 def load_records(path: str, split: str = "train", subset: str | None = None) -> list[dict[str, Any]]:
     """Records of a local .jsonl/.json/.parquet file, else of the Hugging Face dataset `path` (needs network)."""
     p = Path(path).expanduser()
@@ -101,13 +107,13 @@ class DatasetTask:
                 raise DatasetError(f"{spec.path}: record {i} is a {type(record).__name__}, not an object")
             if spec.answer_field not in record:
                 raise DatasetError(
-                    f"{spec.path}: record {i} has no answer field {spec.answer_field!r} (fields: {', '.join(record)})"
+                    f"{spec.path}: record {i} has no answer field {spec.answer_field!r} (fields: {_field_names(record)})"
                 )
             try:
                 prompt = spec.template.format_map(record)
             except KeyError as exc:
                 raise DatasetError(
-                    f"{spec.path}: template field {exc} is not in record {i} (fields: {', '.join(record)})"
+                    f"{spec.path}: template field {exc} is not in record {i} (fields: {_field_names(record)})"
                 ) from None
             pid = str(record[spec.id_field]) if spec.id_field and spec.id_field in record else f"{split}-{i}"
             if pid in seen:

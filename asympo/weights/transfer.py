@@ -10,7 +10,9 @@ from pathlib import Path
 
 import grpc
 
+from asympo.bus.keys import JobKeys
 from asympo.proto.v1 import learner_pb2, learner_pb2_grpc
+from asympo.runtime.grpc_auth import ClientAuth
 from asympo.weights.leftovers import scratch_dir
 from asympo.weights.store import (
     CHUNK_BYTES,
@@ -43,8 +45,38 @@ def iter_weight_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[l
                 offset += len(data)
 
 
-async def fetch_weights_rpc(request: learner_pb2.FetchWeightsRequest, context, store: Path):
-    """The body of LearnerService.FetchWeights: stream a stored version, NOT_FOUND or DATA_LOSS otherwise."""
+def _request_problem(request: learner_pb2.FetchWeightsRequest, store: Path, serving: str | None):
+    """(status code, message) refusing the request, or None for a request this learner may answer."""
+    try:
+        JobKeys(request.job_id)  # the job-id rule of every key: no "/", no leading ".", so no "../x"
+    except ValueError as exc:
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if request.version < 0:
+        return grpc.StatusCode.INVALID_ARGUMENT, f"version must be >= 0, got {request.version}"
+    if serving is None:
+        return grpc.StatusCode.NOT_FOUND, f"this learner serves no job now, so no version of {request.job_id}"
+    if request.job_id != serving:
+        return grpc.StatusCode.PERMISSION_DENIED, (
+            f"this learner serves job {serving!r}, not {request.job_id!r}: ask that job's learner"
+        )
+    root = Path(store).resolve()
+    if not version_dir(root, request.job_id, request.version).resolve().is_relative_to(root):
+        # A symlink inside the store pointing out of it: still never read outside the store.
+        return (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"version {request.version} of {request.job_id} is outside the store",
+        )
+    return None
+
+
+async def fetch_weights_rpc(
+    request: learner_pb2.FetchWeightsRequest, context, store: Path, *, serving: str | None
+):
+    """The body of LearnerService.FetchWeights: stream a stored version of `serving`, the job this learner
+    runs; INVALID_ARGUMENT, PERMISSION_DENIED, NOT_FOUND or DATA_LOSS otherwise."""
+    problem = _request_problem(request, store, serving)
+    if problem is not None:
+        await context.abort(*problem)
     path = version_dir(store, request.job_id, request.version)
     if not (path / MANIFEST).is_file():
         await context.abort(
@@ -77,22 +109,29 @@ def fetch_version(
     *,
     expected_sha256: str | None = None,
     timeout_s: float = 600.0,
+    auth: ClientAuth | None = None,
 ) -> Path:
-    """Stream a version from the learner into dest_root/{job}/v{version}, verified; partial downloads vanish."""
+    """Stream a version from the learner into dest_root/{job}/v{version}, verified; partial downloads vanish.
+
+    `auth`: the token (and TLS files) to present; by default $ASYMPO_GRPC_TOKEN over plaintext.
+    """
+    try:
+        JobKeys(job_id)  # the id names a directory here: never let it point elsewhere
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
+    auth = auth or ClientAuth.from_env()
     dest = version_dir(dest_root, job_id, version)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = scratch_dir(dest.parent, dest.name, "fetch")  # named after this process: see leftovers
     try:
-        with grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 64 << 20)]
-        ) as channel:
+        with auth.channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
             stub = learner_pb2_grpc.LearnerServiceStub(channel)
             request = learner_pb2.FetchWeightsRequest(job_id=job_id, version=version)
             sizes: dict[str, int] = {}
             announced: dict[str, int] = {}
             handles = {}
             try:
-                for chunk in stub.FetchWeights(request, timeout=timeout_s):
+                for chunk in stub.FetchWeights(request, timeout=timeout_s, metadata=auth.metadata):
                     rel = _safe_relative(chunk.path)
                     written = sizes.get(chunk.path, 0)
                     if chunk.offset != written:

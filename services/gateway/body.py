@@ -10,6 +10,8 @@ from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.middleware.base import BaseHTTPMiddleware
 
+from asympo.jobs.spec_yaml import load_yaml
+
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
 
@@ -45,11 +47,12 @@ async def read_body(request: Request) -> Any:
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     try:
         if kind in YAML_TYPES:
-            return yaml.safe_load(raw.decode("utf-8"))
+            return load_yaml(raw.decode("utf-8"))
         if kind in ("application/json", ""):
             return json.loads(raw or b"null")
-    except (ValueError, yaml.YAMLError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-        raise HTTPException(
-            422, {"problems": [{"field": "(body)", "error": f"cannot parse the body: {exc}"}]}
-        ) from None
+    # ValueError covers bad JSON, bad UTF-8 and YAML whose aliases expand too far; RecursionError: absurdly
+    # deep nesting. The parser's message is cut short: it may quote the body.
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
+        error = f"cannot parse the body: {str(exc)[:300]}"
+        raise HTTPException(422, {"problems": [{"field": "(body)", "error": error}]}) from None
     raise HTTPException(415, f"content type {kind!r}: send application/json or application/yaml")

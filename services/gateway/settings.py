@@ -8,7 +8,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from asympo.runtime.api_token import TOKEN_ENV
-from asympo.runtime.settings import LogLevel
+from asympo.runtime.placeholder_secrets import check_secret
+from asympo.runtime.settings import LogLevel, RedisUrl
 from asympo.runtime.settings import load_settings as load_service_settings
 
 
@@ -17,7 +18,7 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ASYMPO_GATEWAY_", extra="forbid", validate_default=True)
 
-    redis_url: str | None = Field(None, description="Redis URL (default $ASYMPO_REDIS_URL)")
+    redis_url: RedisUrl = None
     api_token: str | None = Field(None, description=f"bearer token clients must send (default ${TOKEN_ENV})")
     host: str = Field("127.0.0.1", description="listen address (0.0.0.0 in a container)")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one (logged)")
@@ -33,7 +34,7 @@ class GatewaySettings(BaseSettings):
             raise ValueError(f"no API token: set {TOKEN_ENV} (or --api-token); the gateway never runs open")
         if len(value) < 16:
             raise ValueError("the API token must be at least 16 characters")
-        return value
+        return check_secret(value, "the API token")
 
 
 def load_settings(argv: list[str] | None = None) -> GatewaySettings:

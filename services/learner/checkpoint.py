@@ -31,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from asympo.runtime import fence_file
 from asympo.runtime.durable import fsync_tree, write_atomically
 
+from .checkpoint_reader import IndexCheckedReader
 from .distributed import World, barrier, broadcast
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,14 @@ class CheckpointError(RuntimeError):
 
 
 def _rng_state() -> dict:
+    # Tensors, ints, strings and tuples only, so that loading needs no pickle (torch.load weights_only):
+    # numpy's key array travels as a tensor.
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
     }
 
 
@@ -57,7 +61,17 @@ def _set_rng_state(state: dict) -> None:
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
+
+
+def _load_rng(path: Path) -> None:
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # e.g. a checkpoint from before the format change: only the RNG is lost
+        log.warning("RNG state not restored", extra={"file": str(path), "cause": str(exc)[:200]})
+        return
+    _set_rng_state(state)
 
 
 def write_checkpoint(root: Path, model, optimizer, world: World, meta: dict) -> Path:
@@ -134,7 +148,7 @@ def load_checkpoint(root: Path, model, optimizer, world: World) -> dict | None:
             meta = json.loads((step_dir / META).read_text())
             model_sd, optim_sd = get_state_dict(model, optimizer)
             state = {"model": model_sd, "optim": optim_sd}
-            dcp.load(state, checkpoint_id=str(step_dir))
+            dcp.load(state, storage_reader=IndexCheckedReader(step_dir))
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         # dcp wraps reader errors in CheckpointException, a BaseException.
         except (Exception, CheckpointException) as exc:  # a torn or corrupt checkpoint: the next one may load
@@ -143,7 +157,7 @@ def load_checkpoint(root: Path, model, optimizer, world: World) -> dict | None:
             continue
         rng = step_dir / f"rng-rank{world.rank}.pt"
         if rng.is_file() and meta.get("world_size") == world.size:
-            _set_rng_state(torch.load(rng, weights_only=False))
+            _load_rng(rng)
         meta["dir"] = str(step_dir)
         return meta
     if existed:

@@ -24,17 +24,20 @@ import logging
 import time
 from pathlib import Path
 
-from asympo.bus import newest_version, reconcile
+import torch
+
+from asympo.bus import EntryError, decode, reconcile
 from asympo.bus.fence import check_fence
+from asympo.bus.policy_stream import version_problem
 from asympo.proto.v1 import bus_pb2
 from asympo.runtime import fence_file
-from asympo.weights.store import sweep_leftovers, write_version
+from asympo.weights.store import WeightsError, read_manifest, sweep_leftovers, version_dir, write_version
 
 from . import distributed as D
 from . import failpoints
 from .admission import Admission
 from .checkpoint import load_checkpoint, point_latest, write_checkpoint
-from .control import JobControl
+from .control import JobControl, JobFailure
 from .job_context import JobContext, Progress
 from .step_records import StepRecords
 
@@ -157,17 +160,33 @@ class VersionCommits:
             # Ranks beyond this world (a restart with fewer ranks) left pending groups: rank 0 adopts them.
             orphans = [c for c in await self.admission.consumer.consumers()
                        if _rank_of(c) is not None and _rank_of(c) >= w.size]  # fmt: skip
-        self.admission.buffer = await self.admission.consumer.recover_own(adopt=orphans)
+        # Read before the crash but maybe never checked: they go through admission again (claims hold).
+        self.admission.buffer = []
+        await self.admission.admit(await self.admission.consumer.recover_own(adopt=orphans), recovered=True)
 
     async def _newest_published(self) -> int | None:
-        pv = await newest_version(self.ctx.redis, self.ctx.keys)
-        return None if pv is None else pv.version
+        # Anyone with Redis's password can append to the policy stream: only an announcement of a version
+        # this learner's store holds, with the same digest, can set the numbering (a forged version 10^9
+        # would otherwise be continued from).
+        store, job_id = Path(self.ctx.settings.weight_store), self.ctx.job_id
+        for _, fields in await self.ctx.redis.xrevrange(self.ctx.keys.policy, count=200):
+            try:
+                pv = decode(fields, bus_pb2.PolicyVersion, job_id)
+                if version_problem(pv) is None:
+                    manifest = await asyncio.to_thread(read_manifest, version_dir(store, job_id, pv.version))
+                    if manifest.sha256 == pv.sha256:
+                        return pv.version
+            except (EntryError, WeightsError):
+                pass
+            log.warning("policy announcement of no version in the store passed over", extra={"job": job_id})
+        return None
 
     async def write_version(self) -> tuple[bus_pb2.PolicyVersion | None, float]:
         """Gather the full weights (all ranks) and write the next version to the store (rank 0), unannounced."""
         t0 = time.perf_counter()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+        await self._refuse_nonfinite()
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = await asyncio.to_thread(get_model_state_dict, self.policy.model, options=options)
         pv = None
@@ -182,6 +201,22 @@ class VersionCommits:
             )  # fmt: skip
         failpoints.reach("after_write_version", self.ctx.progress.step)
         return pv, time.perf_counter() - t0
+
+    async def _refuse_nonfinite(self) -> None:
+        """JobFailure on every rank if any rank's shard of the weights holds NaN or inf: pods must never get them."""
+
+        def finite() -> float:
+            with torch.no_grad():
+                shards = (
+                    p.to_local() if hasattr(p, "to_local") else p for p in self.policy.model.parameters()
+                )
+                return 1.0 if all(bool(torch.isfinite(t).all()) for t in shards) else 0.0
+
+        ok = await asyncio.to_thread(lambda: D.all_min(finite(), self.ctx.world))
+        if ok < 1.0:
+            raise JobFailure(
+                f"the weights after step {self.ctx.progress.step} hold NaN or inf; refusing to publish them"
+            )
 
     async def announce(self, pv: bus_pb2.PolicyVersion | None) -> None:
         """XADD the written version (rank 0, fenced); from then on every rank dispatches and trains at it."""

@@ -13,8 +13,8 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from asympo.jobs.live_knobs import LIVE_KNOBS
 from asympo.jobs.records import JobRecord, get_job
-from asympo.jobs.spec import LIVE_KNOBS
 from asympo.jobs.states import transition, update_job
 
 from . import distributed as D

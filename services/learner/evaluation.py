@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -24,12 +26,21 @@ import redis.asyncio as aioredis
 from asympo.bus import JobKeys, Ledger, decode
 from asympo.bus.codec import EntryError
 from asympo.bus.follow import StreamFollower
+from asympo.bus.skipped import SkipLog
 from asympo.jobs.spec import JobSpec
 from asympo.models.prompts import Prompter
 from asympo.proto.v1 import bus_pb2
 from asympo.tasks import build_task
 
 log = logging.getLogger(__name__)
+
+_EVAL_ID = re.compile(r"^v(-?[0-9]+)-([0-9]+)$")
+
+
+def _chunk_index(eval_id: str, version: int) -> int | None:
+    """The chunk an eval_id names (`v{version}-{chunk}`, as `eval_tasks` writes them) if it is of `version`."""
+    match = _EVAL_ID.match(eval_id)
+    return int(match[2]) if match and int(match[1]) == version else None
 
 
 def eval_tasks(
@@ -120,7 +131,38 @@ class RolloutEvaluation:
         self.rounds: dict[int, Round] = {}
         self.done: set[int] = set()
         self.results: dict[int, dict] = {}  # the records of rounds completed by this learner
-        self.results_stream = StreamFollower(redis, self.keys.eval_results, bus_pb2.EvalResult, job_id)
+        heldout, size = len(build_task(spec.task).heldout()), spec.eval.chunk_prompts
+        self.chunk_sizes = [min(size, heldout - i) for i in range(0, heldout, size)]
+        self.results_stream = StreamFollower(
+            redis, self.keys.eval_results, bus_pb2.EvalResult, job_id,
+            skips=SkipLog(redis, "learner"), check=self.result_problem,
+        )  # fmt: skip
+
+    def result_problem(self, result: bus_pb2.EvalResult) -> str | None:
+        """Why a result cannot count towards an evaluation this learner awaits, or None (one of a version
+        already recorded, a redelivered chunk's twin, is usable: it changes nothing)."""
+        if result.version in self.done:
+            return None
+        round_ = self.rounds.get(result.version)
+        if round_ is None:
+            return f"no evaluation of version {result.version} is awaited"
+        chunk = _chunk_index(result.eval_id, result.version)
+        chunks = min(round_.chunks, len(self.chunk_sizes))
+        if chunk is None or chunk >= chunks or result.chunks != round_.chunks:
+            return (
+                f"eval_id {result.eval_id[:60]!r} is no chunk of the evaluation of version {result.version}"
+            )
+        n = self.chunk_sizes[chunk]
+        k = n if round_.samples else 0
+        counts = (len(result.greedy_rewards), len(result.sample_means), len(result.sample_best))
+        if counts != (n, k, k):
+            return f"{counts} greedy, mean and best rewards for a chunk of {n} prompts and samples {round_.samples}"
+        numbers = [*result.greedy_rewards, *result.sample_means, *result.sample_best, result.seconds]
+        if not all(math.isfinite(x) for x in numbers):
+            return "a reward or the seconds are not finite"
+        if result.served_version < 0 or result.seconds < 0 or result.generated_tokens < 0:
+            return f"served_version {result.served_version}, seconds or generated_tokens negative"
+        return None
 
     async def resume(self, superseded: set[int] = frozenset()) -> None:
         """After a restart: versions already recorded are done; requested ones are awaited again, except

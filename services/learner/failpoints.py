@@ -4,6 +4,12 @@
 as after SIGKILL) when it reaches `<name>` during step `<step>`. The crash tests use it to stop the
 learner between any two effects of a step and check what a restart makes of it; unset, every call is
 a dictionary lookup that finds nothing.
+
+`ASYMPO_LEARNER_FAULT=<name>@<n>` injects a fault the learner must survive into its n-th optimizer
+step attempt (counted by this process, skipped steps included), `<name>@<n>+` into that one and every
+later one; several are separated by commas. `nonfinite_grad` makes rank 0's gradient NaN, as a
+diverging model would; `nonfinite_loss` makes only rank 0's loss NaN, so the other ranks learn of it
+only from rank 0.
 """
 
 from __future__ import annotations
@@ -46,3 +52,32 @@ def reach(name: str, step: int) -> None:
         for handler in logging.getLogger().handlers:
             handler.flush()
         os._exit(137)
+
+
+FAULT_ENV = "ASYMPO_LEARNER_FAULT"
+FAULTS = ("nonfinite_grad", "nonfinite_loss")
+
+
+def _faults() -> list[tuple[str, int, bool]]:
+    out = []
+    for raw in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        name, _, at = raw.strip().partition("@")
+        onward = at.endswith("+")
+        at = at.removesuffix("+")
+        if name not in FAULTS or not at.isdigit():
+            raise ValueError(
+                f"{FAULT_ENV}={raw!r}: expected <fault>@<n> or <fault>@<n>+ with a fault among {', '.join(FAULTS)}"
+            )
+        out.append((name, int(at), onward))
+    return out
+
+
+ARMED_FAULTS = _faults()
+
+
+def injected(attempt: int) -> str:
+    """The fault armed for this optimizer step attempt (1 for the process's first), or ""."""
+    for name, at, onward in ARMED_FAULTS:
+        if attempt == at or (onward and attempt > at):
+            return name
+    return ""

@@ -25,9 +25,9 @@ from asympo.proto.v1 import bus_pb2
 
 from . import distributed as D
 from . import failpoints
-from .admission import Admission
+from .admission import Admission, group_limits
 from .commits import VersionCommits
-from .control import JobControl
+from .control import JobControl, JobFailure
 from .dispatcher import Dispatcher
 from .evaluation import LearnerEvaluation, RolloutEvaluation
 from .housekeeping import Housekeeping
@@ -38,6 +38,10 @@ from .step_records import StepRecords
 from .trainer import Trainer, shard_model
 
 log = logging.getLogger(__name__)
+
+# Steps in a row whose loss or gradient was not finite (each skipped, its groups dropped) before the job
+# fails: a single bad batch recovers at once, a model that keeps diverging would otherwise loop forever.
+MAX_NONFINITE_STEPS = 10
 
 
 @dataclass
@@ -65,6 +69,8 @@ class JobRun:
         self.dispatcher: Dispatcher | None = None
         self.records: StepRecords | None = None  # the parts below exist once the model is loaded
         self._background: list[asyncio.Task] = []
+        self.attempts = 0  # optimizer steps tried by this process, skipped ones included
+        self.nonfinite_run = 0  # skipped steps since the last applied one
         # Set when a background task finds that a newer learner took the job: the run stops at once.
         self.fenced: Fenced | None = None
 
@@ -116,7 +122,7 @@ class JobRun:
             ctx.redis, ctx.keys.groups, GROUP_LEARNER, f"rank{w.rank}", bus_pb2.ScoredGroup,
             dead_stream=ctx.keys.dead, job_id=ctx.job_id, claim_idle_s=10**7, flow_key=ctx.keys.flow,
         )  # fmt: skip
-        self.admission = Admission(ctx, consumer, self.control)
+        self.admission = Admission(ctx, consumer, self.control, group_limits(model, spec))
         evaluation = None
         if w.is_main and spec.eval.every:
             if spec.eval_engine() == "rollout":
@@ -218,7 +224,12 @@ class JobRun:
         batch, read_tokens = self.admission.take(per_rank)
         groups = [d.message for d in batch]
         staleness = [ctx.staleness(g.gen_version_start) for g in groups]
-        stats = await asyncio.to_thread(self.policy.trainer.step, groups)
+        self.attempts += 1
+        stats = await asyncio.to_thread(self.policy.trainer.step, groups, failpoints.injected(self.attempts))
+        if stats.get("skipped"):
+            await self._skipped(batch, stats)
+            return True
+        self.nonfinite_run = 0
         ctx.progress.step += 1
         step, algo = ctx.progress.step, ctx.spec.algorithm
         failpoints.reach("after_train", step)
@@ -233,13 +244,31 @@ class JobRun:
             await self.commits.announce(pv)
         if w.is_main:
             flow = await read_flow(ctx.redis, ctx.keys)
-            ctx.progress.dropped = {**flow.dropped, "duplicate": flow.duplicates}
+            ctx.progress.dropped = {**flow.dropped, "duplicate": flow.duplicates, "foreign": flow.foreign}
             record = self.records.step_record(stats, trained, time.perf_counter() - t0, publish_s)
             await self.records.commit([e for *_, ids in trained for e in ids], record)
             await self.control.record_progress()
+            await self.housekeeping.trained()
         if ctx.spec.checkpoint.every and step % ctx.spec.checkpoint.every == 0:
             await self.commits.checkpoint()
         return True
+
+    async def _skipped(self, batch, stats: dict) -> None:
+        """A step whose loss or gradient was not finite on some rank: nothing applied, its groups dropped."""
+        ctx = self.ctx
+        self.nonfinite_run += 1
+        ctx.metrics.steps_skipped.inc()
+        await self.admission.discard(batch, "non_finite")
+        record = {"skipped": True, "step": ctx.progress.step + 1, "version": ctx.progress.version,
+                  "cause": stats["cause"], "consecutive": self.nonfinite_run, "time": time.time()}  # fmt: skip
+        log.warning("step skipped: non-finite loss or gradient; its groups are dropped", extra=record)
+        if ctx.world.is_main:
+            await self.records.write_record(record)
+        if self.nonfinite_run >= MAX_NONFINITE_STEPS:
+            raise JobFailure(
+                f"{self.nonfinite_run} steps in a row had a {stats['cause']} and were skipped (at most "
+                f"{MAX_NONFINITE_STEPS}); the model or its data diverge: lower algorithm.lr or check the rewards"
+            )
 
     async def _finish(self) -> None:
         ctx, records = self.ctx, self.records

@@ -20,8 +20,16 @@ class LearnerMetrics:
         self.tokens_per_s = m.gauge("tokens_per_second", "trained tokens per second")
         self.groups_trained = m.counter("groups_trained", "groups trained on")
         self.groups_dropped = m.counter("groups_dropped", "groups not trained on", ("reason",))
-        for reason in ("stale", "duplicate", "zero_variance", "rolled_back"):
+        for reason in ("stale", "duplicate", "zero_variance", "dead", "foreign", "non_finite", "rolled_back"):
             self.groups_dropped.labels(reason)  # exported as 0 from the start, so rate() has a baseline
+        self.groups_invalid = m.counter(
+            "groups_invalid",
+            "groups dead-lettered by the learner's checks, by the rule they broke",
+            ("rule",),
+        )
+        self.steps_skipped = m.counter(
+            "steps_skipped", "optimizer steps skipped for a non-finite loss or gradient (groups dropped)"
+        )
         self.staleness = m.histogram("group_staleness", "version_now − gen_version_start of trained groups", (0, 1, 2, 3, 4, 6, 8, 12, 16, 32))  # fmt: skip
         self.loss = m.gauge("loss", "loss of the last step")
         self.delta = m.gauge("delta", "imbalance Δ = (1/N) Σ A S of the last step")

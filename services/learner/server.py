@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from asympo.proto.v1 import learner_pb2, learner_pb2_grpc
+from asympo.runtime.grpc_server import GrpcServer
 from asympo.weights.transfer import fetch_weights_rpc
 
 from .job import JobRun
@@ -39,7 +40,25 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
             ),
         )
 
+    def serving(self) -> str | None:
+        """The job whose weights this learner hands out: the one it runs (or last ran), else --job-id."""
+        run = self.current()
+        return run.job_id if run is not None else self.settings.job_id
+
     async def FetchWeights(self, request, context):
-        """Stream the files of a stored version (NOT_FOUND if it is not, or no longer, stored)."""
-        async for chunk in fetch_weights_rpc(request, context, self.settings.weight_store):
+        """Stream the files of a stored version of the job served here; anything else is refused."""
+        async for chunk in fetch_weights_rpc(
+            request, context, self.settings.weight_store, serving=self.serving()
+        ):
             yield chunk
+
+
+def grpc_server(settings: LearnerSettings, current: Callable[[], JobRun | None]) -> GrpcServer:
+    """Rank 0's gRPC server, not yet started: LearnerService behind the token check, TLS per settings."""
+    server = GrpcServer.for_service(settings)
+    server.add_service(
+        learner_pb2_grpc.add_LearnerServiceServicer_to_server,
+        LearnerServicer(settings, current),
+        SERVICE_NAME,
+    )
+    return server

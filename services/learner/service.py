@@ -24,17 +24,16 @@ from transformers.utils import logging as transformers_logging
 
 from asympo.bus import QUEUE, Fence, Fenced, JobKeys, JobLease, connect
 from asympo.bus.fence import Held, holder_is_dead
+from asympo.jobs.path_roots import PathNotAllowed, check_job_paths
 from asympo.jobs.records import FINAL_STATES, JobRecord, active_job, get_job
 from asympo.jobs.retention import finish_ended_jobs, finish_job
 from asympo.jobs.states import TransitionRefused, requeue_lost, transition
-from asympo.proto.v1 import learner_pb2_grpc
-from asympo.runtime.grpc_server import GrpcServer
 from asympo.runtime.telemetry import start_metrics_server
 
 from . import distributed as D
 from .job import JobRun
 from .metrics import LearnerMetrics
-from .server import SERVICE_NAME, LearnerServicer
+from .server import grpc_server as learner_grpc_server
 from .settings import LearnerSettings
 
 log = logging.getLogger(__name__)
@@ -73,12 +72,7 @@ class LearnerService:
             if world.is_main:
                 if s.metrics_port >= 0:
                     metrics_server = start_metrics_server(s.metrics_port, self.metrics.registry, addr=s.host)
-                grpc_server = GrpcServer(s.host, s.port)
-                grpc_server.add_service(
-                    learner_pb2_grpc.add_LearnerServiceServicer_to_server,
-                    LearnerServicer(s, lambda: self.current),
-                    SERVICE_NAME,
-                )
+                grpc_server = learner_grpc_server(s, lambda: self.current)
                 port = await grpc_server.start()
                 log.info(
                     "serving",
@@ -245,6 +239,14 @@ class LearnerService:
                 extra={"job": job.job_id, "crashes": grant.crashes},
             )
             await self._end(redis, job.job_id, "failed", message)
+            await redis.lrem(QUEUE, 0, job.job_id)
+            return "wait", None, None
+        try:
+            # The gateway checked too, but against its own roots: this learner reads the files.
+            check_job_paths(job.spec)
+        except PathNotAllowed as exc:
+            log.error("job refused", extra={"job": job.job_id, "cause": str(exc)})
+            await self._end(redis, job.job_id, "failed", str(exc))
             await redis.lrem(QUEUE, 0, job.job_id)
             return "wait", None, None
         if grant.crashes:

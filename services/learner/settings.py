@@ -6,18 +6,19 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from asympo.runtime.settings import LogLevel
+from asympo.runtime.grpc_auth import GrpcSecuritySettings
+from asympo.runtime.settings import LogLevel, RedisUrl
 from asympo.runtime.settings import load_settings as load_service_settings
 
 
-class LearnerSettings(BaseSettings):
+class LearnerSettings(GrpcSecuritySettings):
     """Everything `python -m services.learner` can be told; flags override environment variables."""
 
     model_config = SettingsConfigDict(env_prefix="ASYMPO_LEARNER_", extra="forbid", validate_default=True)
 
-    redis_url: str | None = Field(None, description="Redis URL (default $ASYMPO_REDIS_URL)")
+    redis_url: RedisUrl = None
     job_id: str | None = Field(
         None, description="run only this job (default: the active one, else the queue)"
     )

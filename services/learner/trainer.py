@@ -5,6 +5,10 @@ length so micro-batches pad little) and the job's `policy_loss` with the *global
 GPG's global token count), so that summing the ranks' gradients gives exactly the gradient of the loss
 over the whole batch. FSDP2 averages gradients across ranks, so each rank back-propagates its loss
 times the world size (FSDP's divide factor would do the same but needs PREMUL_SUM, which gloo lacks).
+
+A step whose loss or gradient norm is not finite on any rank applies nothing on every rank (the ranks
+agree through an all-reduce: a step applied by some shards only would tear the model apart); the
+caller drops its groups and counts the skip.
 """
 
 from __future__ import annotations
@@ -100,8 +104,9 @@ class Trainer:
         self.micro_batch_rows = micro_batch_rows
         self.micro_batch_tokens = micro_batch_tokens
 
-    def step(self, groups: list[bus_pb2.ScoredGroup]) -> dict[str, float]:
-        """Train on this rank's groups; every rank must call it together. Returns global statistics."""
+    def step(self, groups: list[bus_pb2.ScoredGroup], fault: str = "") -> dict[str, float]:
+        """Train on this rank's groups; every rank must call it together. Returns global statistics, with
+        `skipped` and its `cause` when nothing was applied; `fault` is a test's (failpoints.FAULTS)."""
         t0 = time.perf_counter()
         algo, world = self.algo, self.world
         if algo.loss == "grpo" and any(not c.behavior_logprobs for g in groups for c in g.completions):
@@ -126,10 +131,18 @@ class Trainer:
                 self._micro_step(chunks[i], options, sums, clip_hits)
             else:
                 self._idle_micro_step()
+        if fault and world.is_main:
+            if fault == "nonfinite_grad":
+                next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(math.nan)
+            sums["loss"] = math.nan if fault == "nonfinite_loss" else sums["loss"]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), algo.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        self.optimizer.step()
+        cause = "" if math.isfinite(sums["loss"]) else "non-finite loss"
+        cause = cause or ("" if math.isfinite(float(grad_norm)) else "non-finite gradient")
+        skip = all_min(0.0 if cause else 1.0, world) < 1.0
+        if not skip:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         merged = {**sums, **clip_hits}
         totals = dict(zip(merged, all_sum(list(merged.values()), world)))
@@ -149,6 +162,8 @@ class Trainer:
         for k in clip_hits:
             if totals[k]:
                 stats[k] = totals[k] / max(1.0, global_tokens)
+        if skip:
+            stats.update(skipped=True, cause=cause or "non-finite loss or gradient on another rank")
         return stats
 
     def _micro_batches(self, rows: list[Row]) -> list[list[Row]]:

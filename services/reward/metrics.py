@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from asympo.runtime.metric_set import MetricSet
 
-# Seconds: from cheap in-process checks (~10 µs) to items killed at a multi-second deadline.
+# Seconds: from cheap checks (a pool round trip, well under a millisecond) to items killed at a deadline.
 _ITEM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 

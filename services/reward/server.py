@@ -29,7 +29,7 @@ class InvalidRequest(ValueError):
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
-    """Score(): resolve the verifier, score every item (in the pool or in-process), answer in order."""
+    """Score(): resolve the verifier, score every item in the worker pool, answer in order."""
 
     def __init__(self, settings: RewardSettings, pool: WorkerPool, metrics: RewardMetrics):
         self.settings = settings
@@ -71,8 +71,16 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             )
         if len(request.items) > self.settings.max_items:
             raise InvalidRequest(
-                f"{len(request.items)} items in one request; the limit is {self.settings.max_items}: split the batch"
+                f"{len(request.items)} items in one request; the limit is {self.settings.max_items} "
+                "(max_items): split the batch"
             )
+        cap = self.settings.max_text_chars
+        for i, item in enumerate(request.items):
+            for kind, text in (("completion", item.completion), ("reference", item.reference)):
+                if len(text) > cap:
+                    raise InvalidRequest(
+                        f"items[{i}].{kind} has {len(text)} characters; the limit is {cap} (max_text_chars)"
+                    )
         deadline_ms = min(
             request.deadline_ms or self.settings.default_deadline_ms, self.settings.max_deadline_ms
         )
@@ -106,8 +114,8 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             return unparsable(f"completion too long: {len(completion)} chars > {cap}; not parsed")
         if len(reference) > cap:
             return error(f"reference too long: {len(reference)} chars > {cap}")
-        if not verifier.isolated:
-            return verifier(completion, reference)
+        # Every verifier, `exact` too, runs in the pool: code on this event loop has no deadline, and one
+        # slow item there would stall every request in flight.
         try:
             return await self.pool.score(verifier.name, completion, reference, deadline_s)
         except PoolClosed:
@@ -148,7 +156,7 @@ class RewardService:
                 self.metrics_server = start_metrics_server(s.metrics_port, self.metrics.registry, addr=s.host)
                 self.metrics_port = self.metrics_server.port
             options = [("grpc.max_receive_message_length", MAX_REQUEST_BYTES)]
-            self.grpc = GrpcServer(s.host, s.port, options=options)
+            self.grpc = GrpcServer.for_service(s, options)
             servicer = RewardServicer(s, self.pool, self.metrics)
             self.grpc.add_service(reward_pb2_grpc.add_RewardServiceServicer_to_server, servicer, SERVICE_NAME)
             self.port = await self.grpc.start()

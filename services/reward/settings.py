@@ -6,8 +6,9 @@ import os
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from asympo.runtime.grpc_auth import GrpcSecuritySettings
 from asympo.runtime.settings import LogLevel
 from asympo.runtime.settings import load_settings as load_service_settings
 
@@ -26,7 +27,7 @@ def _default_workers() -> int:
     return max(1, min(cpus, 8))
 
 
-class RewardSettings(BaseSettings):
+class RewardSettings(GrpcSecuritySettings):
     """Everything `python -m services.reward` can be told; flags override environment variables."""
 
     model_config = SettingsConfigDict(env_prefix="ASYMPO_REWARD_", extra="forbid", validate_default=True)
@@ -43,7 +44,12 @@ class RewardSettings(BaseSettings):
     # 256 Ki characters, ~64k tokens of reasoning. `math` parses only the last \boxed{} (or the last 10k
     # characters), so the cap bounds memory and request size (64 MiB per request), not parser time.
     max_completion_chars: int = Field(262_144, ge=1, description="longer completions are not parsed")
-    max_items: int = Field(4096, ge=1, description="items per request")
+    max_items: int = Field(4096, ge=1, description="items per request; more are refused")
+    # The hard cap, above max_completion_chars: longer texts are a bad request, not a model's output to
+    # judge. Clients (services.reward.client) answer such completions themselves instead of sending them.
+    max_text_chars: int = Field(
+        1 << 20, ge=1, description="a completion or reference longer than this refuses the request"
+    )
     plugins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="modules (comma-separated) that register more verifiers"
     )
@@ -62,6 +68,10 @@ class RewardSettings(BaseSettings):
         if self.default_deadline_ms > self.max_deadline_ms:
             raise ValueError(
                 f"default_deadline_ms ({self.default_deadline_ms}) exceeds max_deadline_ms ({self.max_deadline_ms})"
+            )
+        if self.max_text_chars < self.max_completion_chars:
+            raise ValueError(
+                f"max_text_chars ({self.max_text_chars}) is below max_completion_chars ({self.max_completion_chars})"
             )
         return self
 

@@ -18,14 +18,14 @@ from asympo.proto.v1 import bus_pb2
 from services.reward.client import AsyncRewardClient, RewardServiceError
 
 from .engines import EngineError, GenRequest, GenSample
+from .entry_checks import MAX_GROUP_SIZE as MAX_GROUP_SIZE
+from .entry_checks import ModelLimits, task_problem
 from .metrics import RolloutMetrics
 from .served import NotServing, ServedModel
 from .settings import RolloutSettings
 from .status_board import StatusBoard
 
 log = logging.getLogger(__name__)
-
-MAX_GROUP_SIZE = 1024
 
 
 class BatchProcessor:
@@ -61,12 +61,15 @@ class BatchProcessor:
         except NotServing as exc:
             # Not the tasks' fault: left un-ACKed, they are taken up again once a verified version is served.
             log.warning("no verified version served; tasks left for later", extra={"cause": str(exc)})
+            for d in usable:
+                consumer.note_failure(d.entry_id, f"no verified version served ({exc})")
         except (EngineError, ValueError, RuntimeError) as exc:
             if len(usable) == 1:
                 # Left un-ACKed: redelivered until max_deliveries, then dead-lettered with the reason.
                 log.error(
                     "a prompt failed in the engine", extra={"entry": usable[0].entry_id, "cause": str(exc)}
                 )
+                consumer.note_failure(usable[0].entry_id, f"{type(exc).__name__}: {exc}")
                 return
             # Find the poison: alone, each good task goes through and only the bad one keeps failing.
             log.warning(
@@ -76,13 +79,12 @@ class BatchProcessor:
                 await self.process(consumer, keys, [d])
 
     def _unusable(self, task: bus_pb2.PromptTask) -> str | None:
-        if not task.prompt and not task.prompt_token_ids:
-            return "prompt task has neither prompt nor prompt_token_ids"
-        if not 1 <= task.group_size <= MAX_GROUP_SIZE:
-            return f"group_size {task.group_size} outside 1..{MAX_GROUP_SIZE}"
-        if task.sampling.max_new_tokens < 0:
-            return f"negative max_new_tokens {task.sampling.max_new_tokens}"
-        return None
+        served = self.model.version
+        limits = ModelLimits.of(served.path if served else None, self.settings.max_model_len)
+        ids = list(task.prompt_token_ids)
+        if not ids and task.prompt and self.model.engine is not None:
+            ids = self.model.engine.tokenizer(task.prompt).input_ids
+        return task_problem(task, ids, limits, self.job)
 
     async def _process_batch(self, consumer: StreamConsumer, keys: JobKeys, batch: list[Delivery]) -> None:
         t_start = time.time()

@@ -12,10 +12,11 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from asympo.bus import Delivery, JobKeys, StreamConsumer
+from asympo.bus import Delivery, JobKeys, StreamConsumer, encode
 from asympo.proto.v1 import bus_pb2
 
 from .engines import GenRequest, GenSample
+from .entry_checks import ModelLimits, eval_task_problem
 
 if TYPE_CHECKING:
     from .pod import RolloutPod
@@ -39,8 +40,15 @@ def eval_requests(task: bus_pb2.EvalTask) -> list[GenRequest]:
 
 
 async def evaluate(pod: RolloutPod, consumer: StreamConsumer, keys: JobKeys, delivery: Delivery) -> None:
-    """Run one EvalTask with the served version and publish its EvalResult (the task stays pending on failure)."""
+    """Run one EvalTask with the served version and publish its EvalResult (the task stays pending on failure;
+    one the engine must not be given is dead-lettered with the reason)."""
     task: bus_pb2.EvalTask = delivery.message
+    served = pod.model.version
+    limits = ModelLimits.of(served.path if served else None, pod.settings.max_model_len)
+    problem = eval_task_problem(task, limits, pod.job)
+    if problem:
+        await consumer.dead_letter(delivery.entry_id, encode(task), problem)
+        return
     t0 = time.perf_counter()
     async with consumer.holding([delivery.entry_id]):
         if pod.model.behind(task.version):

@@ -18,14 +18,16 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from asympo.bus import GROUP_ROLLOUT, Delivery, JobKeys, StreamConsumer, connect, newest_version
+from asympo.bus import GROUP_ROLLOUT, Delivery, JobKeys, StreamConsumer, connect
 from asympo.bus.follow import StreamFollower
 from asympo.jobs.records import FINAL_STATES, JobRecord, PodStatus, active_job, get_job
 from asympo.proto.v1 import bus_pb2
+from asympo.runtime.grpc_auth import client_auth
 from services.reward.client import AsyncRewardClient, RewardServiceError
 
 from .batches import BatchProcessor
 from .engines import EngineError
+from .entry_checks import control_problem
 from .evaluation import evaluate
 from .metrics import RolloutMetrics
 from .policy import fetched_jobs, prune_fetched
@@ -57,7 +59,9 @@ class RolloutPod:
     async def run(self) -> None:
         """Serve jobs until `stopping` is set."""
         self.redis = connect(self.settings.redis_url)
-        self.reward = AsyncRewardClient(self.settings.reward_target, parallelism=4)
+        self.reward = AsyncRewardClient(
+            self.settings.reward_target, parallelism=4, auth=client_auth(self.settings)
+        )
         self.board = StatusBoard(self.redis, self.metrics, self.rate, self.health)
         self.reloader = Reloader(self.settings, self.redis, self.model, self.board, self.metrics)
         self.batches = BatchProcessor(
@@ -120,7 +124,9 @@ class RolloutPod:
         await self.board.open(PodStatus(pod=s.pod, job_id=job.job_id, engine=s.engine, state="loading"))
         log.info("following job", extra={"job_id": job.job_id})
         # Earlier events are history: the job record holds their outcome (checked on every look).
-        self.control = StreamFollower(self.redis, keys.control, bus_pb2.ControlEvent, job.job_id)
+        self.control = StreamFollower(
+            self.redis, keys.control, bus_pb2.ControlEvent, job.job_id, skips=self.reloader.policy.skips
+        )
         await self.control.skip_to_end()
         await self._prune_jobs_over()
         first = await self._wait_for_version(keys)
@@ -180,7 +186,7 @@ class RolloutPod:
     async def _wait_for_version(self, keys: JobKeys) -> bus_pb2.PolicyVersion | None:
         """The newest published version; version 0 (the base model) is published by the learner at start."""
         while not self.stopping.is_set():
-            pv = await newest_version(self.redis, keys)
+            pv = await self.reloader.policy.newest(keys)
             if pv is not None:
                 return pv
             if not await self._job_still_on(keys):
@@ -209,12 +215,15 @@ class RolloutPod:
 
     async def _job_still_on(self, keys: JobKeys) -> bool:
         """Apply control events and the job record's state; False when the job is over for this pod."""
-        for event in await self.control.read():
-            if event.kind in ("pause", "resume"):
-                self.board.set_paused(event.kind == "pause")
-            elif event.kind == "cancel":
-                return False
+        events = await self.control.read_entries()
+        # Read after the events: the gateway changes the record before it announces the change.
         job = await get_job(self.redis, keys.job_id)
+        for entry_id, event in events:
+            problem = control_problem(event, job)
+            if problem:
+                await self.control.skip(entry_id, event, problem)
+            elif event.kind in ("pause", "resume"):
+                self.board.set_paused(event.kind == "pause")
         if job is None or job.state in FINAL_STATES:
             log.info("job is over", extra={"job_id": keys.job_id, "state": job.state if job else "deleted"})
             return False

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asympo.proto.v1 import bus_pb2
+from asympo.runtime.grpc_auth import ClientAuth
 from asympo.weights.leftovers import sweep_dir
 from asympo.weights.store import VersionManifest, WeightsError, local_path, verify_version
 from asympo.weights.transfer import fetch_version
@@ -40,7 +41,9 @@ class LocalVersion:
     fetched: bool = False  # streamed into --weights-dir (else read in place from the shared store)
 
 
-def materialize(pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: str | None) -> LocalVersion:
+def materialize(
+    pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: str | None, auth: ClientAuth | None = None
+) -> LocalVersion:
     """The version's verified directory: the shared path of its URI if mounted here, else fetched from the learner.
 
     Blocking (hashes every file); run it in a thread.
@@ -62,7 +65,7 @@ def materialize(pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: st
                 shutil.rmtree(dest)  # a leftover of an earlier, failed attempt
             fetched = True
             path = fetch_version(
-                learner_target, pv.job_id, pv.version, weights_dir, expected_sha256=pv.sha256
+                learner_target, pv.job_id, pv.version, weights_dir, expected_sha256=pv.sha256, auth=auth
             )
         manifest = verify_version(path, pv.sha256)
     except WeightsError as exc:

@@ -7,8 +7,10 @@ import logging
 import time
 from pathlib import Path
 
-from asympo.bus import JobKeys, newest_version
+from asympo.bus import JobKeys
+from asympo.bus.policy_stream import PolicyReader
 from asympo.proto.v1 import bus_pb2
+from asympo.runtime.grpc_auth import client_auth
 
 from .metrics import RolloutMetrics
 from .policy import LocalVersion, ReloadRefused, RetryGate, materialize, prune_fetched
@@ -44,13 +46,15 @@ class Reloader:
         self.metrics = metrics
         self._retry = RetryGate()
         self._restarts = RetryGate()
+        # Each announcement is looked at once; what this pod cannot use is dead-lettered with the reason.
+        self.policy = PolicyReader(redis, settings.pod)
 
     async def reload_newest(self, keys: JobKeys) -> None:
         """Load the newest announced version if it is newer than the one served (refused ones back off).
 
         A broken engine is restarted on the newest version instead, when the restart backoff allows.
         """
-        pv = await newest_version(self.redis, keys)
+        pv = await self.policy.newest(keys, self._wanted)
         if pv is None:
             return
         if self.model.broken is not None:
@@ -63,13 +67,18 @@ class Reloader:
         await self.board.set_state("reloading")
         try:
             local = await asyncio.to_thread(
-                materialize, pv, self.settings.weights_dir, self.settings.learner_target
+                materialize,
+                pv,
+                self.settings.weights_dir,
+                self.settings.learner_target,
+                client_auth(self.settings),
             )
             await self.model.swap(local)
         except EngineBroken as exc:
             self._failed(pv, exc.reason, str(exc))
             self._restarts.failed(_RESTART)  # the first restart waits too: what broke may need a moment
             await self.board.serving_nothing(str(exc))
+            await self.policy.refuse(keys, pv, str(exc))
             log.error(
                 "the previous version could not be restored; serving nothing until the engine restarts",
                 extra={"version": pv.version, "cause": str(exc)},
@@ -86,11 +95,21 @@ class Reloader:
                 extra={"version": local.version, "seconds": round(time.perf_counter() - t0, 3)},
             )
             return
+        # Still retried with backoff: a version refused for a passing cause (learner unreachable) loads later.
+        await self.policy.refuse(keys, pv, self.board.status.last_error or "reload failed")
         log.error(
             "reload refused; still serving the previous version",
             extra={"version": pv.version, "cause": self.board.status.last_error},
         )
         await self.board.set_state("paused" if self.board.paused else "serving")
+
+    def _wanted(self, pv: bus_pb2.PolicyVersion) -> bool:
+        # Past announcements refused and backing off, to the newest one worth trying: a refused one must
+        # not keep the pod from a real version announced before it. A broken engine takes the newest.
+        served = self.model.version
+        if self.model.broken is not None or served is None:
+            return True
+        return pv.version > served.version and self._retry.ready(pv)
 
     async def _restart(self, pv: bus_pb2.PolicyVersion, keys: JobKeys) -> None:
         if not self._restarts.ready(_RESTART):

@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from asympo.proto.v1 import bus_pb2
+from asympo.runtime.grpc_auth import client_auth
 
 from .engines import Engine, make_engine
 from .policy import LocalVersion, ReloadRefused, materialize
@@ -80,7 +81,7 @@ class ServedModel:
 
     async def _materialize(self, pv: bus_pb2.PolicyVersion) -> LocalVersion:
         s = self.settings
-        return await asyncio.to_thread(materialize, pv, s.weights_dir, s.learner_target)
+        return await asyncio.to_thread(materialize, pv, s.weights_dir, s.learner_target, client_auth(s))
 
     async def _launch(self, local: LocalVersion) -> None:
         s = self.settings

@@ -7,14 +7,50 @@ import asyncio
 import grpc
 
 from asympo.proto.v1 import bus_pb2, rollout_pb2, rollout_pb2_grpc
+from asympo.runtime.grpc_server import GrpcServer
 
 from .batches import MAX_GROUP_SIZE
 from .engines import GenRequest
 from .pod import RolloutPod
 from .served import NotServing
+from .settings import RolloutSettings
 
 SERVICE_NAME = rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name
-MAX_PROMPTS = 1024
+
+
+def over_cap(request: rollout_pb2.GenerateRequest, s: RolloutSettings) -> str | None:
+    """Why a Generate request exceeds the pod's caps (naming the setting), or None if it does not."""
+    n = request.n or 1
+    if not 1 <= n <= MAX_GROUP_SIZE:
+        return f"n must be in 1..{MAX_GROUP_SIZE}, got {n}"
+    if len(request.prompts) > s.generate_max_prompts:
+        return f"{len(request.prompts)} prompts; the limit is {s.generate_max_prompts} (generate_max_prompts)"
+    if len(request.prompts) * n > s.generate_max_completions:
+        return (
+            f"{len(request.prompts)} prompts × n={n} completions; the limit is {s.generate_max_completions} "
+            "(generate_max_completions)"
+        )
+    if request.sampling.max_new_tokens > s.generate_max_new_tokens:
+        return (
+            f"max_new_tokens {request.sampling.max_new_tokens}; the limit is {s.generate_max_new_tokens} "
+            "(generate_max_new_tokens)"
+        )
+    for i, prompt in enumerate(request.prompts):
+        if len(prompt) > s.generate_max_prompt_chars:
+            return (
+                f"prompts[{i}] has {len(prompt)} characters; the limit is {s.generate_max_prompt_chars} "
+                "(generate_max_prompt_chars)"
+            )
+    return None
+
+
+def grpc_server(pod: RolloutPod) -> GrpcServer:
+    """The pod's gRPC server, not yet started: RolloutService behind the token check, TLS per settings."""
+    server = GrpcServer.for_service(pod.settings)
+    server.add_service(
+        rollout_pb2_grpc.add_RolloutServiceServicer_to_server, RolloutServicer(pod), SERVICE_NAME
+    )
+    return server
 
 
 class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
@@ -39,11 +75,10 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
         """n completions per prompt with the served weights (no rewards)."""
         pod = self.pod
         n = request.n or 1
-        if not 1 <= n <= MAX_GROUP_SIZE or len(request.prompts) > MAX_PROMPTS:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"n must be in 1..{MAX_GROUP_SIZE}, prompts at most {MAX_PROMPTS}",
-            )
+        # Checked before the engine is touched: an oversized request costs nothing but this answer.
+        problem = over_cap(request, pod.settings)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         sp = request.sampling
         async with pod.model.lock:
             try:

@@ -7,13 +7,11 @@ import logging
 import signal
 from functools import partial
 
-from asympo.proto.v1 import rollout_pb2_grpc
-from asympo.runtime.grpc_server import GrpcServer
 from asympo.runtime.telemetry import start_metrics_server
 
 from .metrics import RolloutMetrics
 from .pod import RolloutPod
-from .server import SERVICE_NAME, RolloutServicer
+from .server import SERVICE_NAME, grpc_server
 from .settings import RolloutSettings
 
 log = logging.getLogger(__name__)
@@ -39,14 +37,11 @@ class RolloutService:
             if s.metrics_port >= 0
             else None
         )
-        grpc_server = GrpcServer(s.host, s.port)
-        grpc_server.add_service(
-            rollout_pb2_grpc.add_RolloutServiceServicer_to_server, RolloutServicer(self.pod), SERVICE_NAME
-        )
+        server = grpc_server(self.pod)
         # The rollout service goes NOT_SERVING while its engine serves no verified version; the server's
         # own health ("") stays SERVING: the process is alive and recovers by itself.
-        self.pod.health = partial(grpc_server.set_serving, SERVICE_NAME)
-        port = await grpc_server.start()
+        self.pod.health = partial(server.set_serving, SERVICE_NAME)
+        port = await server.start()
         log.info(
             "serving",
             extra={
@@ -73,7 +68,7 @@ class RolloutService:
             stop.cancel()
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            await grpc_server.stop(1.0)
+            await server.stop(1.0)
             if metrics_server is not None:
                 await asyncio.to_thread(metrics_server.stop)
         log.info("stopped")

@@ -7,10 +7,11 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, FilePath
+from pydantic_settings import SettingsConfigDict
 
-from asympo.runtime.settings import LogLevel
+from asympo.runtime.grpc_auth import GrpcSecuritySettings
+from asympo.runtime.settings import LogLevel, RedisUrl
 from asympo.runtime.settings import load_settings as load_service_settings
 
 
@@ -20,15 +21,18 @@ def _default_pod_name() -> str:
     return os.environ.get("POD_NAME") or socket.gethostname()
 
 
-class RolloutSettings(BaseSettings):
+class RolloutSettings(GrpcSecuritySettings):
     """Everything `python -m services.rollout` can be told; flags override environment variables."""
 
     model_config = SettingsConfigDict(env_prefix="ASYMPO_ROLLOUT_", extra="forbid", validate_default=True)
 
     pod: str = Field(default_factory=_default_pod_name, min_length=1, description="consumer name of this pod")
-    redis_url: str | None = Field(None, description="Redis URL (default $ASYMPO_REDIS_URL)")
+    redis_url: RedisUrl = None
     reward_target: str = Field("127.0.0.1:50051", description="host:port of the reward service")
     learner_target: str | None = Field(None, description="host:port of the learner, for FetchWeights")
+    tls_ca: FilePath | None = Field(
+        None, description="PEM CA bundle of the reward and learner certificates: call them over TLS"
+    )
     job_id: str | None = Field(None, description="serve only this job (default: the active job)")
     engine: Literal["auto", "vllm", "hf"] = Field("auto", description="generation engine")
     device: Literal["cpu", "cuda"] = Field("cpu", description="device of the hf engine")
@@ -44,6 +48,11 @@ class RolloutSettings(BaseSettings):
     port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged)")
     metrics_port: int = Field(9102, ge=-1, le=65535, description="Prometheus port; 0 = free one, -1 = off")
     batch_prompts: int = Field(16, ge=1, description="prompt groups per engine call")
+    # Caps of the Generate RPC (smoke tests, ad-hoc evaluation); the pod's own work never goes through it.
+    generate_max_prompts: int = Field(1024, ge=1, description="Generate: prompts per request")
+    generate_max_completions: int = Field(4096, ge=1, description="Generate: prompts × n per request")
+    generate_max_new_tokens: int = Field(8192, ge=1, description="Generate: largest max_new_tokens")
+    generate_max_prompt_chars: int = Field(65_536, ge=1, description="Generate: characters per prompt")
     claim_idle_s: float = Field(60.0, gt=0, description="take over entries idle this long from dead pods")
     max_deliveries: int = Field(5, ge=1, description="dead-letter a prompt after this many deliveries")
     reward_deadline_s: float = Field(10.0, gt=0, description="per-item deadline for reward scoring")

@@ -37,7 +37,10 @@ _EMBED_NAMES = ("model.embed_tokens.weight", "transformer.wte.weight", "model.em
 
 
 def probe_mismatch(manifest: VersionManifest, served: list[list[float]]) -> float:
-    """Largest |served − published| log-prob over the manifest's probe tokens (inf if any is not a number)."""
+    """Largest |served − published| log-prob over the manifest's probe tokens (inf if any is not a number,
+    or if the engine scored fewer or more probes or tokens than the manifest has)."""
+    if len(served) != len(manifest.probes):
+        return math.inf  # a probe the engine skipped must not count as a match
     worst = 0.0
     for probe, got in zip(manifest.probes, served):
         if len(got) != len(probe.logprobs):

@@ -25,6 +25,8 @@ import yaml
 from redis.connection import parse_url
 
 from asympo.bus.connection import redis_url
+from asympo.jobs.path_roots import DATA_ROOTS_ENV, MODEL_ROOTS_ENV, PathNotAllowed, check_job_paths
+from asympo.runtime.placeholder_secrets import ALLOW_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -39,10 +41,15 @@ WITH_SECRET = ("cpu-dev", "gpu", "gpu-external-redis")
 WITH_RWX = ("base", "gpu", "gpu-external-redis")
 SERVICES = ("gateway", "reward", "rollout", "learner")
 # Variables the services read besides their own ASYMPO_<SERVICE>_* settings.
-SHARED_ENV = {"ASYMPO_REDIS_URL", "ASYMPO_API_TOKEN", "ASYMPO_CACHE_DIR"}
+SHARED_ENV = {"ASYMPO_REDIS_URL", "ASYMPO_API_TOKEN", "ASYMPO_GRPC_TOKEN", "ASYMPO_CACHE_DIR", ALLOW_ENV,
+              MODEL_ROOTS_ENV, DATA_ROOTS_ENV}  # fmt: skip
 GPU = "nvidia.com/gpu"
 # Fresh per run, so a value found in a rendered Secret can only have come from the operator's file.
-GPU_SECRETS = {"ASYMPO_API_TOKEN": secrets.token_hex(24), "REDIS_PASSWORD": secrets.token_hex(24)}
+GPU_SECRETS = {
+    "ASYMPO_API_TOKEN": secrets.token_hex(24),
+    "ASYMPO_GRPC_TOKEN": secrets.token_hex(24),
+    "REDIS_PASSWORD": secrets.token_hex(24),
+}
 TIMEOUT_S = 60
 
 
@@ -190,7 +197,11 @@ def container_env(r: Rendered, container: dict, pod_name: str) -> dict[str, str]
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
-            env.update(r.get("ConfigMap", source["configMapRef"]["name"]).get("data", {}))
+            ref = source["configMapRef"]
+            found = (
+                r.find("ConfigMap", ref["name"]) if ref.get("optional") else r.get("ConfigMap", ref["name"])
+            )
+            env.update((found or {}).get("data", {}))
         if "secretRef" in source:
             env.update(r.secret_data(source["secretRef"]["name"]))
     for entry in container.get("env", []):
@@ -366,6 +377,8 @@ def test_flags_and_env_are_accepted_by_the_services(name, rendered, monkeypatch)
     for service in SERVICES:
         c = main_container(r.workload(service))
         env = container_env(r, c, pod_name=f"{service}-0")
+        # Only the dev overlay, whose secrets are public examples, may opt out of refusing them.
+        assert (env.get(ALLOW_ENV) == "1") == (name == "cpu-dev"), (name, service)
         prefix = f"ASYMPO_{service.upper()}_"
         settings_module = importlib.import_module(f"services.{service}.settings")
         fields = getattr(settings_module, f"{service.capitalize()}Settings").model_fields
@@ -388,6 +401,7 @@ def test_flags_and_env_are_accepted_by_the_services(name, rendered, monkeypatch)
         assert settings.port == container_port(c, "grpc" if service != "gateway" else "http")
         if service in ("reward", "rollout", "learner"):
             assert settings.metrics_port == container_port(c, "metrics")
+            assert settings.grpc_token == r.secret_data("asympo-secrets")["ASYMPO_GRPC_TOKEN"]
         if service == "rollout":
             assert settings.pod == "rollout-0"  # the downward API's pod name, via $(POD_NAME)
             assert str(settings.weights_dir) in mounts(c)
@@ -450,6 +464,15 @@ def test_the_papers_job_fits_the_gpu_overlay(rendered):
         volume = next(v for v in pod(r.workload("learner"))["volumes"] if v["name"] == mount["name"])
         assert volume["persistentVolumeClaim"]["claimName"] == "asympo-datasets"
     assert r.get("PersistentVolumeClaim", "asympo-datasets")["spec"]["accessModes"] == ["ReadWriteMany"]
+    # The directories the gateway and the learner allow jobs to read include the job's data.
+    for service in ("gateway", "learner"):
+        env = container_env(r, main_container(r.workload(service)), pod_name=f"{service}-0")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(MODEL_ROOTS_ENV, env[MODEL_ROOTS_ENV])
+            mp.setenv(DATA_ROOTS_ENV, env[DATA_ROOTS_ENV])
+            check_job_paths(spec)
+            with pytest.raises(PathNotAllowed):
+                check_job_paths(spec.with_overrides({"task.heldout_path": "/etc/shadow.json"}))
     rollout = main_container(r.workload("rollout"))
     assert rollout["resources"]["limits"][GPU] == str(spec.resources.gpus_per_rollout_pod)
 
@@ -725,6 +748,8 @@ def test_selectors_and_references_resolve(name, rendered):
         for c in containers(w):
             for source in c.get("envFrom", []):
                 ref = source["configMapRef"]["name"]
+                if source["configMapRef"].get("optional") and r.find("ConfigMap", ref) is None:
+                    continue  # generated only by the overlays that need it (asympo-dev: cpu-dev)
                 assert r.get("ConfigMap", ref)["metadata"]["name"] == ref
         for v in pod(w).get("volumes", []):
             if "configMap" in v:
@@ -773,3 +798,82 @@ def test_service_monitor_scrapes_every_service(name, rendered):
         assert scraped[service]["name"] == "metrics"
         assert container_port(c, scraped[service]["targetPort"]) == int(flag(c, "metrics-port"))
     assert scraped["gateway"]["name"] == "http" and endpoints["http"] == "/metrics"
+
+
+# ---- network policies and the gRPC token ---------------------------------------------------------------
+
+MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
+ELSEWHERE = {"kubernetes.io/metadata.name": "somewhere-else"}
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    """A LabelSelector (matchLabels, matchExpressions with In) against labels; {} matches everything."""
+    if not selects(selector.get("matchLabels", {}), labels):
+        return False
+    for e in selector.get("matchExpressions", []):
+        assert e["operator"] == "In", e
+        if labels.get(e["key"]) not in e["values"]:
+            return False
+    return True
+
+
+def admitted(r: Rendered, target: str, port: int, source: str | None, namespace: dict | None = None) -> bool:
+    """Whether the namespace's policies let a connection in to `target`'s pods on `port`: from the pods of
+    workload `source`, or (source None) from a pod of the namespace with the labels `namespace`."""
+    pod_labels = r.workload(target)["spec"]["template"]["metadata"]["labels"]
+    policies = [p for p in r.all("NetworkPolicy") if matches(p["spec"]["podSelector"], pod_labels)]
+    assert policies, f"{r.name}: no NetworkPolicy selects {target}: it would accept anything"
+    src = r.workload(source)["spec"]["template"]["metadata"]["labels"] if source else {}
+    for rule in (rule for p in policies for rule in p["spec"].get("ingress", [])):
+        if rule.get("ports") and port not in [p["port"] for p in rule["ports"]]:
+            continue
+        peers = rule.get("from")
+        if not peers:
+            return True  # no "from": every source
+        for peer in peers:
+            if "namespaceSelector" in peer:
+                if namespace is not None and matches(peer["namespaceSelector"], namespace):
+                    return True
+            elif source and matches(peer["podSelector"], src):  # a podSelector alone: this namespace
+                return True
+    return False
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_network_policies_admit_only_the_callers(name, rendered):
+    r = rendered[name]
+    [deny] = [p for p in r.all("NetworkPolicy") if p["metadata"]["name"] == "default-deny-ingress"]
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}, "deny-all must select every pod"
+    ports = {
+        s: container_port(main_container(r.workload(s)), "grpc") for s in ("reward", "rollout", "learner")
+    }
+    callers = {"reward": {"rollout"}, "learner": {"rollout"}, "rollout": set()}
+    for target, port in ports.items():
+        for source in SERVICES:
+            assert admitted(r, target, port, source) == (source in callers[target]), (name, source, target)
+        assert not admitted(r, target, port, None, ELSEWHERE), (name, target)
+        metrics = container_port(main_container(r.workload(target)), "metrics")
+        assert admitted(r, target, metrics, None, MONITORING) and not admitted(r, target, metrics, "gateway")
+    gateway = container_port(main_container(r.workload("gateway")), "http")
+    assert admitted(r, "gateway", gateway, None, ELSEWHERE) and not admitted(
+        r, "gateway", 9999, None, ELSEWHERE
+    )
+    if name != "gpu-external-redis":
+        redis = container_port(main_container(r.workload("redis")), "redis")
+        assert all(admitted(r, "redis", redis, source) for source in SERVICES), name
+        assert not admitted(r, "redis", redis, None, MONITORING) and not admitted(r, "redis", redis, None, {})
+
+
+@pytest.mark.parametrize("name", WITH_SECRET)
+def test_every_grpc_service_gets_the_grpc_token_from_the_secret(name, rendered):
+    r = rendered[name]
+    token = r.secret_data("asympo-secrets")["ASYMPO_GRPC_TOKEN"]
+    assert len(token) >= 16
+    for service in SERVICES:
+        c = main_container(r.workload(service))
+        entry = env_entry(c, "ASYMPO_GRPC_TOKEN")
+        if service == "gateway":
+            assert entry is None, "the gateway calls no gRPC service: it gets no gRPC token"
+            continue
+        assert entry["valueFrom"]["secretKeyRef"]["key"] == "ASYMPO_GRPC_TOKEN", service
+        assert container_env(r, c, f"{service}-0")["ASYMPO_GRPC_TOKEN"] == token, service

@@ -14,6 +14,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 from asympo.cli.client import GatewayClient
@@ -21,6 +22,7 @@ from asympo.cli.processes import group_members
 from asympo.jobs.records import FINAL_STATES
 from asympo.runtime.ports import free_port
 from tests.support.local_stack import asympo, running_stack, wait
+from tests.support.poison_specs import MAX_422_BYTES, POISON_SPECS
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = REPO / "examples" / "jobs" / "arith-tiny.yaml"
@@ -154,6 +156,22 @@ def _get(url: str) -> bytes | None:
             return r.read()
     except OSError:
         return None
+
+
+def test_poison_specs_get_short_422s_and_the_next_job_runs(stack):
+    s, client, home = stack
+    before = {n: p["pid"] for n, p in s.status()["processes"].items()}
+    auth = {"Authorization": f"Bearer {s.token()}"}
+    for name, kind, body, field in POISON_SPECS:
+        r = httpx.post(
+            s.gateway_url() + "/v1/jobs", content=body, headers={**auth, "Content-Type": kind}, timeout=30
+        )
+        assert r.status_code == 422 and len(r.content) <= MAX_422_BYTES, (name, r.status_code, len(r.content))
+        assert field in [p["field"] for p in r.json()["detail"]["problems"]], (name, r.text[:300])
+    job_id = submit(client, **{"algorithm.steps": 4, "eval.every": 1000})
+    assert wait(client, job_id, lambda j: j["state"] in FINAL_STATES, 600)["state"] == "succeeded"
+    after = s.status()["processes"]
+    assert {n: p["pid"] for n, p in after.items()} == before and all(p["running"] for p in after.values())
 
 
 def test_down_leaves_no_process_of_the_stack(stack):

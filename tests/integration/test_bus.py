@@ -210,6 +210,18 @@ async def test_poison_message_is_dead_lettered_after_max_deliveries(redis, job_k
     assert (await read_flow(redis, job_keys)).dropped["dead"] == 1
 
 
+async def test_a_task_given_up_is_dead_lettered_with_why_it_last_failed(redis, job_keys):
+    await dispatch(redis, job_keys, [task(job_keys, 0)])
+    pod = consumer(redis, job_keys, "pod-0", claim_idle_s=0.05, max_deliveries=1)
+    (delivery,) = await pod.read(1, 100)
+    pod.note_failure(delivery.entry_id, "RewardServiceError: unknown verifier 'nope'")
+    await asyncio.sleep(0.1)
+    assert await pod.read(1, 100) == []
+    assert await dead_reasons(redis, job_keys) == [
+        "exceeded 1 deliveries; last failure: RewardServiceError: unknown verifier 'nope'"
+    ]
+
+
 async def test_restarted_consumer_recovers_its_own_pending_with_a_delivery_counted(redis, job_keys):
     await dispatch(redis, job_keys, [task(job_keys, i) for i in range(3)])
     before = consumer(redis, job_keys, "pod-x")
@@ -324,7 +336,9 @@ async def test_flow_counters_bound_admission(redis, job_keys):
     await redis.xadd(job_keys.prompts, {"pb": b"junk", "v": b"1"})
     await drain(c)
     flow = await read_flow(redis, job_keys)
-    assert (flow.dispatched, flow.trained, flow.dropped["dead"], flow.in_flight) == (10, 4, 1, 5)
+    # Junk was never dispatched: dead-lettering it is no prompt leaving flight.
+    counts = (flow.dispatched, flow.trained, flow.dropped["dead"], flow.foreign, flow.in_flight)
+    assert counts == (10, 4, 0, 1, 6)
 
 
 async def test_consumer_survives_a_redis_restart(tmp_path, job_keys):

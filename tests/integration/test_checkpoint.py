@@ -97,3 +97,43 @@ def test_old_checkpoints_go_only_once_a_newer_one_is_named(tmp_path):
     assert not dirs[0].exists() and dirs[1].exists() and dirs[2].exists()  # keep=2
     meta = json.loads((dirs[2] / META).read_text())
     assert meta["step"] == 15 and meta["world_size"] == 1
+
+
+def test_the_rng_state_comes_back_from_a_file_read_without_pickle(tmp_path):
+    import random
+
+    import numpy as np
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    save(tmp_path, 5, 1.0)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    assert restored(tmp_path)[0] == 5
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+    rng_files = list(tmp_path.glob("step-*/rng-rank0.pt"))
+    assert rng_files and torch.load(rng_files[0], weights_only=True)["numpy"][0] == "MT19937"
+
+
+class _Planted:
+    """What a hostile index could smuggle in: unpickling it runs a shell command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_an_index_that_names_anything_but_checkpoint_metadata_is_never_unpickled(tmp_path):
+    import pickle
+
+    root, marker = tmp_path / "ckpt", tmp_path / "code-ran"
+    save(root, 1, 1.0)
+    save(root, 2, 2.0)
+    newest = max(root.glob("step-*"), key=lambda d: d.name)
+    (newest / ".metadata").write_bytes(pickle.dumps(_Planted(marker)))
+    # The planted index is refused like a torn checkpoint: the one before it is restored.
+    assert restored(root) == (1, 1.0)
+    assert not marker.exists(), "the checkpoint index was unpickled in full"

@@ -16,6 +16,7 @@ from asympo.jobs.records import get_job
 from asympo.runtime.ports import free_port
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
+from tests.support.poison_specs import MAX_422_BYTES, POISON_SPECS
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -296,3 +297,14 @@ async def test_a_queued_job_missing_from_the_queue_is_queued_again(redis):
     assert "gw-test-lost" not in await requeue_lost(redis)
     await redis.lrem(QUEUE, 0, "gw-test-lost")
     await redis.hdel("asympo:jobs", "gw-test-lost")
+
+
+@pytest.mark.parametrize(("name", "kind", "body", "field"), POISON_SPECS, ids=[p[0] for p in POISON_SPECS])
+async def test_poison_specs_get_a_short_422_naming_the_field(client, redis, name, kind, body, field):
+    r = await client.post("/v1/jobs", content=body, headers={**AUTH, "Content-Type": kind})
+    assert r.status_code == 422, (name, r.status_code, r.text[:500])
+    assert len(r.content) <= MAX_422_BYTES, (name, len(r.content))
+    fields = [p["field"] for p in r.json()["detail"]["problems"]]
+    assert field in fields, (name, fields)
+    assert await redis.llen(QUEUE) == 0
+    assert (await client.get("/healthz")).status_code == 200

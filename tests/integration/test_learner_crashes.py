@@ -14,7 +14,7 @@ import signal
 
 import pytest
 
-from asympo.bus import decode
+from asympo.bus import decode, encode
 from asympo.bus.fence import lease_state
 from asympo.jobs.control import request_control
 from asympo.jobs.records import get_job
@@ -182,3 +182,19 @@ async def test_cancel_while_the_learner_is_down_is_kept_and_the_job_closed(learn
     assert len(trained(await run.records())) == steps_before  # nothing trained after the cancel
     assert 0 < await run.redis.ttl(run.keys.groups) <= 3600
     assert job.report["steps"] == steps_before
+
+
+async def test_a_forged_announcement_does_not_set_the_version_numbering_after_a_restart(learner_run):
+    run = learner_run(algorithm__max_staleness=2, algorithm__steps=8, checkpoint__every=2, eval__every=1000)
+    await run.submit()
+    await crash_at(run, "after_commit", 3)
+    forged = bus_pb2.PolicyVersion(
+        job_id=run.keys.job_id, version=10**9, sha256="ab" * 32, uri="file:///tmp/x"
+    )
+    await run.redis.xadd(run.keys.policy, encode(forged))
+    learner = run.start_learner(1, *FAST_LEASE)
+    job = await run.finish()
+    assert job.state == "succeeded" and job.version < 100, job
+    assert any(
+        r.get("msg") == "policy announcement of no version in the store passed over" for r in learner.records
+    )

@@ -21,7 +21,7 @@ def _run(nproc: int, out: Path) -> dict:
            "-m", "tests.support.learner_equivalence", str(out)]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(out, weights_only=False)
+    return torch.load(out, weights_only=True)
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,14 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 from redis import Redis
+from redis.exceptions import AuthenticationError, ResponseError
 from typer.testing import CliRunner
 
 from asympo.bus.connection import ENV_URL
 from asympo.bus.local_redis import wait_gone
 from asympo.cli.app import app
 from asympo.cli.local_stack import PURGED, LocalStack, StackConfig, StackError
-from asympo.cli.stack_redis import MAXMEMORY_ENV
+from asympo.cli.stack_redis import MAXMEMORY_ENV, admin_command
 
 # A stand-in service: a child that ignores SIGTERM (so `down` has to SIGKILL it) and a grandchild in a
 # session of its own (outside the service's process group), then the 'serving' record `up` waits for.
@@ -141,12 +142,19 @@ def read_job_state(url: str) -> tuple:
 STATE = ('{"state": "running"}', 1, "16")
 
 
+def config_get(home, url: str, pattern: str) -> dict:
+    """CONFIG GET through the stack's renamed admin command."""
+    with Redis.from_url(url, decode_responses=True) as r:
+        pairs = r.execute_command(admin_command(home), "GET", pattern)
+    return pairs if isinstance(pairs, dict) else dict(zip(pairs[::2], pairs[1::2]))
+
+
 def test_stack_redis_keeps_its_data_and_port_across_down_and_up(redis_stack):
     s, _ = redis_stack
     url = s._ensure_redis()
     write_job_state(url)
-    with Redis.from_url(url, decode_responses=True) as r:
-        config = r.config_get("maxmemory*") | r.config_get("append*")
+    home = s.config.home
+    config = config_get(home, url, "maxmemory*") | config_get(home, url, "append*")
     assert (config["appendonly"], config["appendfsync"]) == ("yes", "always")
     assert (config["maxmemory"], config["maxmemory-policy"]) == (str(2**30), "volatile-lru")  # 1gb default
     (s.config.home / "weight-store" / "job-1").mkdir(parents=True)
@@ -186,8 +194,29 @@ def test_stack_redis_maxmemory_comes_from_the_environment(redis_stack, monkeypat
     with pytest.raises(StackError, match=MAXMEMORY_ENV):
         s._ensure_redis()
     monkeypatch.setenv(MAXMEMORY_ENV, "64mb")
-    with Redis.from_url(s._ensure_redis(), decode_responses=True) as r:
-        assert r.config_get("maxmemory")["maxmemory"] == str(64 * 1024**2)
+    assert config_get(s.config.home, s._ensure_redis(), "maxmemory")["maxmemory"] == str(64 * 1024**2)
+
+
+def test_stack_redis_needs_its_password_and_keeps_config_from_its_clients(redis_stack):
+    s, said = redis_stack
+    url = s._ensure_redis()
+    parts = urlsplit(url)
+    assert parts.hostname == "127.0.0.1" and len(parts.password or "") >= 32
+    for secret_file in ("redis.url", "redis.admin"):
+        assert (s.config.home / secret_file).stat().st_mode & 0o077 == 0, (
+            f"{secret_file} is readable by others"
+        )
+    assert not any(parts.password in line for line in said), "the password was printed"
+    with Redis(host="127.0.0.1", port=parts.port) as anonymous:
+        with pytest.raises(AuthenticationError):
+            anonymous.set("k", "v")
+    with Redis.from_url(url) as r:
+        assert r.ping()
+        for command in (("CONFIG", "SET", "dir", "/tmp"), ("MODULE", "LIST"), ("DEBUG", "SLEEP", "0")):
+            with pytest.raises(ResponseError, match="unknown command"):
+                r.execute_command(*command)
+    assert s.down(timeout_s=10) == ["redis"]
+    assert s._ensure_redis() == url, "a restarted Redis keeps the password the services were given"
 
 
 def test_down_purge_removes_the_data_and_keeps_logs_reports_and_token(redis_stack):

@@ -20,7 +20,7 @@ from services.reward.client import (
     RewardServiceError,
     RewardServiceUnavailable,
 )
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import ServiceProcess, grpc_metadata
 
 from ..conftest import REPO
 
@@ -201,14 +201,14 @@ def test_health_is_serving(service):
         ({"verifier": "format:boxed:nope"}, "unknown verifier 'nope'"),
         ({"verifier": "Bad Name"}, "malformed"),
         ({"verifier": "math", "deadline_ms": -1}, "deadline_ms must be >= 0"),
-        ({"verifier": "exact", "items": [reward_pb2.ScoreItem()] * 4097}, "limit is 4096"),
+        ({"verifier": "exact", "items": [reward_pb2.ScoreItem()] * 4097}, "limit is 4096 (max_items)"),
     ],
 )
 def test_bad_requests_are_invalid_argument(service, request_kw, message):
     with grpc.insecure_channel(service.target) as channel:
         stub = reward_pb2_grpc.RewardServiceStub(channel)
         with pytest.raises(grpc.RpcError) as e:
-            stub.Score(reward_pb2.ScoreRequest(**request_kw), timeout=10)
+            stub.Score(reward_pb2.ScoreRequest(**request_kw), timeout=10, metadata=grpc_metadata())
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in e.value.details()
     if "verifier" in message:

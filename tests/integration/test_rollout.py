@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from asympo.models.hf_generate import hf_generate
 from asympo.proto.v1 import bus_pb2, rollout_pb2, rollout_pb2_grpc
 from tests.support.rollout_harness import Learner, check_groups, start_pod
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import ServiceProcess, grpc_metadata
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_vllm_pod_scores_groups_and_hot_reloads_verified_versions(learner, rewar
 
         channel = grpc.insecure_channel(pod.target)
         stub = rollout_pb2_grpc.RolloutServiceStub(channel)
-        assert stub.Status(rollout_pb2.RolloutStatusRequest()).served_version == 0
+        assert stub.Status(rollout_pb2.RolloutStatusRequest(), metadata=grpc_metadata()).served_version == 0
 
         # A corrupted version 1 is refused; the pod keeps serving version 0.
         learner.train_a_little()
@@ -62,7 +62,8 @@ def test_vllm_pod_scores_groups_and_hot_reloads_verified_versions(learner, rewar
         reply = stub.Generate(
             rollout_pb2.GenerateRequest(
                 prompts=prompts, sampling=bus_pb2.SamplingParams(max_new_tokens=6), n=1
-            )
+            ),
+            metadata=grpc_metadata(),
         )
         assert reply.served_version == 2
         hf = hf_generate(
@@ -74,7 +75,7 @@ def test_vllm_pod_scores_groups_and_hot_reloads_verified_versions(learner, rewar
         learner.publish_version(3, wrong_probes=True)
         pod.wait_for_log("reload refused; still serving the previous version", version=3)
         assert pod.metric("asympo_rollout_reload_failures_total", reason="probe") >= 1
-        assert stub.Status(rollout_pb2.RolloutStatusRequest()).served_version == 2
+        assert stub.Status(rollout_pb2.RolloutStatusRequest(), metadata=grpc_metadata()).served_version == 2
         # New groups carry the version served.
         more = learner.dispatch(6, 2)
         newest = [g for g in learner.groups(8) if g.prompt_id in {t.prompt_id for t in more}]
@@ -168,7 +169,7 @@ def test_a_reload_whose_restore_fails_serves_nothing_until_a_restarted_engine_ve
         request = rollout_pb2.GenerateRequest(
             prompts=[learner.problems[0].prompt], sampling=bus_pb2.SamplingParams(max_new_tokens=4), n=1
         )
-        return stub.Generate(request, timeout=60)
+        return stub.Generate(request, timeout=60, metadata=grpc_metadata())
 
     try:
         learner.dispatch(0, 4)
@@ -191,7 +192,7 @@ def test_a_reload_whose_restore_fails_serves_nothing_until_a_restarted_engine_ve
         with pytest.raises(grpc.RpcError) as refused:
             generate()
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert stub.Status(rollout_pb2.RolloutStatusRequest()).served_version == -1
+        assert stub.Status(rollout_pb2.RolloutStatusRequest(), metadata=grpc_metadata()).served_version == -1
 
         # Tasks wait while the pod restarts its engine on the newest version, v2, which fails again.
         waiting = {t.prompt_id for t in learner.dispatch(4, 4)}

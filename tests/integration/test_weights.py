@@ -135,7 +135,7 @@ class _Learner(learner_pb2_grpc.LearnerServiceServicer):
         self.store = store
 
     async def FetchWeights(self, request, context):
-        async for chunk in fetch_weights_rpc(request, context, self.store):
+        async for chunk in fetch_weights_rpc(request, context, self.store, serving="j"):
             yield chunk
 
 
@@ -148,7 +148,7 @@ class _Truncating(_Learner):
     """Streams a stored version but leaves out the last chunk of the weights file."""
 
     async def FetchWeights(self, request, context):
-        chunks = [c async for c in fetch_weights_rpc(request, context, self.store)]
+        chunks = [c async for c in fetch_weights_rpc(request, context, self.store, serving="j")]
         last = max(i for i, c in enumerate(chunks) if c.path == "model.safetensors")
         for i, chunk in enumerate(chunks):
             if i != last:

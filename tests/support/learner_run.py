@@ -30,7 +30,12 @@ class LearnerRun:
         await self.redis.rpush(QUEUE, self.keys.job_id)
 
     def start_learner(
-        self, ranks: int = 1, *extra: str, env: dict | None = None, start_timeout_s: float = 120.0
+        self,
+        ranks: int = 1,
+        *extra: str,
+        env: dict | None = None,
+        start_timeout_s: float = 120.0,
+        from_queue: bool = False,
     ) -> ServiceProcess:
         """A learner process for this job (torchrun for ranks > 1); `extra` flags, `env` e.g. a failpoint."""
         launcher = (
@@ -38,7 +43,9 @@ class LearnerRun:
             if ranks > 1
             else ()
         )
-        flags = ["--job-id", self.keys.job_id, "--weight-store", str(self.tmp / "store"),
+        # --job-id binds the learner to this job; from_queue lets it take every queued job in turn.
+        bound = [] if from_queue else ["--job-id", self.keys.job_id]
+        flags = [*bound, "--weight-store", str(self.tmp / "store"),
                  "--checkpoint-dir", str(self.tmp / "checkpoints"), "--model-cache", str(self.cache),
                  "--poll-s", "0.2", *extra]  # fmt: skip
         self.learner = ServiceProcess(

@@ -13,6 +13,7 @@ from pathlib import Path
 from asympo.cli.client import GatewayClient
 from asympo.cli.local_stack import LocalStack, StackConfig
 from asympo.runtime.api_token import TOKEN_ENV
+from asympo.runtime.grpc_auth import GRPC_TOKEN_ENV
 from asympo.runtime.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,8 +23,8 @@ def asympo(
     home: Path, *args: str, timeout: float = 900, cache: Path | None = None, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run the real `asympo` command (as a user would) with this stack's home; `env` adds variables
-    (without ASYMPO_REDIS_URL in it, the stack starts its own Redis)."""
-    base = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, "ASYMPO_REDIS_URL")}
+    (without ASYMPO_REDIS_URL in it, the stack starts its own Redis; it makes its own tokens too)."""
+    base = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, GRPC_TOKEN_ENV, "ASYMPO_REDIS_URL")}
     env = {
         **base,
         "ASYMPO_HOME": str(home),

@@ -14,7 +14,17 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from asympo.runtime.grpc_auth import GRPC_TOKEN_ENV, ClientAuth
+
 REPO = Path(__file__).resolve().parents[2]
+# The gRPC token of services the tests start, unless $ASYMPO_GRPC_TOKEN names another (tests/conftest.py
+# sets it to this one, so in-process clients send the same).
+TEST_GRPC_TOKEN = "asympo-test-grpc-token-0123456789"
+
+
+def grpc_metadata() -> tuple[tuple[str, str], ...]:
+    """The metadata a test's own stub calls carry to authenticate to the services it started."""
+    return ClientAuth(os.environ.get(GRPC_TOKEN_ENV) or TEST_GRPC_TOKEN).metadata
 
 
 class ServiceProcess:
@@ -22,13 +32,14 @@ class ServiceProcess:
 
     def __init__(
         self, module: str, *flags: str, env: dict | None = None, start_timeout_s: float = 120.0,
-        launcher: tuple[str, ...] = (),
+        launcher: tuple[str, ...] = (), metrics_flag: bool = True,
     ):  # fmt: skip
-        # launcher: e.g. ("torch.distributed.run", "--nproc-per-node", "2", "-m") to start it under torchrun.
+        # launcher: e.g. ("torch.distributed.run", "--nproc-per-node", "2", "-m") to start it under torchrun;
+        # metrics_flag=False for the gateway, which serves /metrics on its own port.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", *launcher, module, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-             *flags],
-            cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [sys.executable, "-m", *launcher, module, "--host", "127.0.0.1", "--port", "0",
+             *(["--metrics-port", "0"] if metrics_flag else []), *flags],
+            cwd=REPO, env={GRPC_TOKEN_ENV: TEST_GRPC_TOKEN, **os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         self.module = module
         self.lines: list[str] = []

@@ -15,6 +15,7 @@ from asympo.jobs.states import TransitionRefused
 
 from ..body import problem_list, read_body
 from ..deps import RedisDep, existing_job, v1_router
+from ..openapi_bodies import knobs_body
 
 router = v1_router()
 
@@ -54,7 +55,7 @@ async def cancel(job_id: str, redis: RedisDep) -> dict:
     return await _control(redis, job_id, "cancel")
 
 
-@router.patch("/jobs/{job_id}", status_code=202)
+@router.patch("/jobs/{job_id}", status_code=202, openapi_extra=knobs_body())
 async def knobs(job_id: str, request: Request, redis: RedisDep) -> dict:
     """Change live knobs, e.g. {"max_staleness": 0, "temperature": 0.8}; validated like the spec."""
     await existing_job(redis, job_id)

@@ -10,12 +10,15 @@ import time
 from fastapi import Header, HTTPException, Request, Response
 
 from asympo.bus import QUEUE, JobKeys
+from asympo.jobs import verifier_catalog
+from asympo.jobs.path_roots import PathNotAllowed, check_job_paths
 from asympo.jobs.records import JobRecord, list_jobs
 from asympo.jobs.spec import JobSpec, SpecError
 from asympo.jobs.states import create_job
 
 from ..body import problem_list, read_body
 from ..deps import RedisDep, existing_job, v1_router
+from ..openapi_bodies import job_spec_body
 
 router = v1_router()
 
@@ -30,7 +33,7 @@ def _job_id(spec: JobSpec) -> str:
 IDEMPOTENCY_TTL_S = 24 * 3600
 
 
-@router.post("/jobs", status_code=201)
+@router.post("/jobs", status_code=201, openapi_extra=job_spec_body())
 async def submit(
     request: Request,
     response: Response,
@@ -43,6 +46,15 @@ async def submit(
         spec = JobSpec.from_data(data, "request body")
     except SpecError as exc:
         raise HTTPException(422, {"problems": problem_list(exc.problems)}) from None
+    try:
+        check_job_paths(spec)
+    except PathNotAllowed as exc:
+        field, _, error = str(exc).partition(": ")
+        raise HTTPException(422, {"problems": [{"field": field, "error": error}]}) from None
+    # Checked against what the reward service published: its plugins are not importable here.
+    unknown = await verifier_catalog.check(redis, spec.verifier)
+    if unknown is not None:
+        raise HTTPException(422, {"problems": [{"field": "verifier", "error": unknown}]})
     job = JobRecord(job_id=_job_id(spec), spec=spec)
     # Hashed: the header is the client's text, the Redis key must be ours.
     key = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else ""

@@ -9,7 +9,7 @@ from .formats import last_boxed
 from .registry import register_verifier
 
 
-@register_verifier("exact", isolated=False)
+@register_verifier("exact")
 def exact(completion: str, reference: str) -> ScoreResult:
     """The last \\boxed{} answer, or else the whole completion, equals the reference (numbers exactly)."""
     boxed = last_boxed(completion)

@@ -9,40 +9,42 @@ from collections.abc import Callable
 from ..scores import ScoreResult, unparsable
 from .registry import Verifier, register_family, resolve
 
-_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
-# Inside a box: a nested box opening (through its brace), or a brace not escaped with a backslash.
-_BOX_OR_BRACE = re.compile(r"(\\(?:boxed|fbox)\s*\{)|(?<!\\)[{}]")
+# A box opening (through its brace), or a brace not escaped with a backslash. No nested quantifiers: the
+# regex engine reads each character a bounded number of times, and finditer never goes back.
+_TOKEN = re.compile(r"(\\(?:boxed|fbox)\s*\{)|(?<!\\)[{}]")
 _THINK = re.compile(r"\A\s*<think>(.*?)</think>(.*)\Z", re.DOTALL)
+
+# Only the end of a completion is searched for its box, so the work per completion is bounded whatever
+# the service's completion cap; this is that cap's default, so under it every completion is read whole.
+BOX_SCAN_CHARS = 262_144
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` (or `\\fbox{...}`) with balanced braces, else None."""
-    # One left-to-right pass, linear in the text however many boxes a truncated generation left open:
-    # braces outside every box cannot matter, so the scan jumps from box to box and only follows the
-    # braces of the box it is in (and of boxes nested in it) until that box closes.
+    """The content of the last `\\boxed{...}` (or `\\fbox{...}`) with balanced braces among the last
+    BOX_SCAN_CHARS characters, else None."""
+    # One pass over the tokens with constant work each, however many boxes a truncated generation left
+    # open. Braces outside every box cannot matter; inside, each box remembers the brace depth it opened
+    # at, and closes at the brace that brings the depth back to it.
+    window = text[-BOX_SCAN_CHARS:]
     best: tuple[int, int] | None = None  # (start, end) of the complete box that starts last
-    pos = 0
-    while (box := _BOX.search(text, pos)) is not None:
-        depth = 1
-        open_boxes = [(box.end(), depth)]  # (content start, brace depth inside it), innermost last
-        for m in _BOX_OR_BRACE.finditer(text, box.end()):
-            if m.group() != "}":
-                depth += 1
-                if m.group(1) is not None:
-                    open_boxes.append((m.end(), depth))
-                continue
+    open_boxes: list[tuple[int, int]] = []  # (content start, brace depth inside it), innermost last
+    depth = 0
+    for m in _TOKEN.finditer(window):
+        if m.group(1) is not None:
+            depth += 1
+            open_boxes.append((m.end(), depth))
+        elif not open_boxes:
+            continue
+        elif m.group() == "{":
+            depth += 1
+        else:
             if open_boxes[-1][1] == depth:
                 # Boxes close innermost first, so the last-starting complete box may close before others.
                 start = open_boxes.pop()[0]
                 if best is None or start > best[0]:
                     best = (start, m.start())
-                if not open_boxes:
-                    pos = m.end()
-                    break
             depth -= 1
-        else:
-            break  # the text ended inside a box (a truncated generation): an earlier complete box wins
-    return None if best is None else text[best[0] : best[1]]
+    return None if best is None else window[best[0] : best[1]]
 
 
 def _boxed(completion: str) -> tuple[str | None, str]:

@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from asympo.jobs.verifier_catalog import VerifierCatalog
+
 from ..scores import ScoreResult, clip_detail, error, ok, wrong
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -23,12 +25,13 @@ VerifierFn = Callable[[str, str], "ScoreResult | bool | float"]
 
 @dataclass(frozen=True)
 class Verifier:
-    """A named scoring function `fn(completion, reference)`; `isolated` ones run in the worker pool."""
+    """A named scoring function `fn(completion, reference)`, run in the worker pool under a deadline."""
 
     name: str
     fn: VerifierFn
-    # Isolated verifiers may be slow or hang (a symbolic parser) and run where they can be killed;
-    # cheap ones run in the service process and save a round trip to a worker.
+    # Kept so plugins that pass it keep working, but it changes nothing: every verifier runs in the pool.
+    # A "cheap" verifier in the service process blocked every request while one hostile completion
+    # (exact on `1e10000000`: 13.5 s) ran, and a pool round trip costs far less than that risk.
     isolated: bool = True
     description: str = ""
 
@@ -87,7 +90,9 @@ def register_verifier(
     description: str = "",
     replace: bool = False,
 ):
-    """Register `fn(completion, reference)` under `name`; also usable as `@register_verifier(name)`."""
+    """Register `fn(completion, reference)` under `name`; also usable as `@register_verifier(name)`.
+
+    `isolated` is accepted for older plugins and ignored: every verifier runs in the worker pool."""
     if not NAME.match(name):
         raise ValueError(f"verifier name {name!r} must match {NAME.pattern}")
 
@@ -121,6 +126,14 @@ def registered_names() -> list[str]:
     """Every plain verifier name and every family's usage pattern, sorted."""
     with _lock:
         return sorted([*_verifiers, *(f.usage for f in _families.values())])
+
+
+def catalog() -> VerifierCatalog:
+    """The registered names and family prefixes, as the reward service publishes them for the gateway."""
+    with _lock:
+        return VerifierCatalog(
+            names=tuple(sorted(_verifiers)), families={p: f.usage for p, f in sorted(_families.items())}
+        )
 
 
 def describe() -> str:
