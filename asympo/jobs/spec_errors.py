@@ -30,7 +30,6 @@ class SpecError(ValueError):
     """A job spec that cannot be used; `problems` holds (field path, rule) pairs."""
 
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
-        self.problems = problems
         where = f" in {source}" if source else ""
         if len(problems) > MAX_PROBLEMS:
             problems = [*problems[:MAX_PROBLEMS], ("", f"… and {len(problems) - MAX_PROBLEMS} more problems")]
