@@ -26,9 +26,10 @@ from pathlib import Path
 from asympo.bus.connection import ENV_URL
 from asympo.bus.local_redis import RedisUnavailable
 from asympo.cli.processes import owned_process, pid_record, stop_tree
-from asympo.cli.stack_redis import start_stack_redis, write_private
+from asympo.cli.stack_redis import start_stack_redis
 from asympo.runtime.api_token import TOKEN_ENV
 from asympo.runtime.grpc_auth import GRPC_TOKEN_ENV, saved_token
+from asympo.runtime.private_files import saved_secret, write_private
 
 SERVICES = ("reward", "rollout", "learner", "gateway")
 # What `down --purge` removes, under the home: Redis's data, the weight store, checkpoints, the pods'
@@ -109,13 +110,9 @@ class LocalStack:
         if env:
             return env
         path = self.config.home / "api-token"
-        if path.is_file():
-            return path.read_text().strip()
-        token = secrets.token_urlsafe(24)
-        self.config.home.mkdir(parents=True, exist_ok=True)
-        path.write_text(token)
-        path.chmod(0o600)
-        self.say(f"generated an API token (saved in {path}): {token}")
+        token, created = saved_secret(path, lambda: secrets.token_urlsafe(24))
+        if created:
+            self.say(f"generated an API token (saved in {path}): {token}")
         return token
 
     def grpc_token(self) -> str:

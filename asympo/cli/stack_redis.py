@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from asympo.bus.local_redis import LocalRedis, RedisUnavailable, start_redis
 from asympo.bus.redis_config import EVICTION_POLICY, memory_bytes
 from asympo.runtime.ports import port_free
+from asympo.runtime.private_files import saved_secret
 
 MAXMEMORY_ENV = "ASYMPO_REDIS_MAXMEMORY"
 DEFAULT_MAXMEMORY = "1gb"
@@ -34,21 +35,7 @@ ADMIN_FILE = "redis.admin"
 
 def admin_command(home: Path) -> str:
     """The name CONFIG answers to on the stack's Redis (generated once, kept owner-only under home)."""
-    path = home / ADMIN_FILE
-    if path.is_file():
-        return path.read_text().strip()
-    name = f"CONFIG-{secrets.token_hex(16)}"
-    write_private(path, name)
-    return name
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read: created 0600, never briefly world-readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    path.chmod(0o600)  # an existing file keeps its old mode through O_CREAT
+    return saved_secret(home / ADMIN_FILE, lambda: f"CONFIG-{secrets.token_hex(16)}")[0]
 
 
 def start_stack_redis(home: Path, saved_url: str | None) -> LocalRedis:

@@ -21,6 +21,7 @@ from pydantic import Field, FilePath, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from asympo.runtime.placeholder_secrets import check_secret
+from asympo.runtime.private_files import saved_secret
 
 GRPC_TOKEN_ENV = "ASYMPO_GRPC_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -182,12 +183,4 @@ def client_auth(settings) -> ClientAuth:
 
 def saved_token(path: Path) -> tuple[str, bool]:
     """The token stored in `path`, or a new one written there readable by the owner only; (token, created)."""
-    if path.is_file():
-        return path.read_text().strip(), False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(24)
-    # Created with mode 0600 from the start: no moment where another user could read it.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
-    return token, True
+    return saved_secret(path, lambda: secrets.token_urlsafe(24))
