@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -34,55 +31,26 @@ if str(REPO) not in sys.path:
 from results_io import machine, write_result  # noqa: E402
 
 from asympo.bus import JobKeys, read_all  # noqa: E402
-from asympo.cli.client import GatewayClient  # noqa: E402
-from asympo.cli.local_stack import LocalStack, StackConfig  # noqa: E402
-from asympo.cli.report import summarize  # noqa: E402
-from asympo.jobs.records import FINAL_STATES  # noqa: E402
 from asympo.jobs.spec import JobSpec  # noqa: E402
 from asympo.models.loading import resolve_model_path  # noqa: E402
 from asympo.models.prompts import Prompter  # noqa: E402
 from asympo.proto.v1 import bus_pb2  # noqa: E402
-from asympo.runtime.api_token import TOKEN_ENV  # noqa: E402
 from asympo.tasks import build_task  # noqa: E402
 from benchmarks import learner as learner_bench  # noqa: E402
 from benchmarks import rollout as rollout_bench  # noqa: E402
+from benchmarks.stack_job import run_to_end, stack_up  # noqa: E402
 
 PARTS = ("generate", "score", "train", "publish", "reload")
 
 
-def _asympo(home: Path, *args: str, cache: Path | None = None) -> str:
-    env = {**os.environ, "ASYMPO_HOME": str(home)}
-    if cache:
-        env["ASYMPO_LEARNER_MODEL_CACHE"] = str(cache)
-    env.pop(TOKEN_ENV, None)
-    env.pop("ASYMPO_REDIS_URL", None)
-    proc = subprocess.run([sys.executable, "-m", "asympo.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=1800)  # fmt: skip
-    if proc.returncode:
-        raise RuntimeError(f"asympo {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
-
-
 def run_job(spec: JobSpec, home: Path, gateway_port: int, engine: str, cache: Path | None) -> dict:
     """The job through the local stack; samples/s and the per-step split of its time (medians)."""
-    _asympo(home, "up", "--gateway-port", str(gateway_port), "--engine", engine, cache=cache)
-    try:
-        stack = LocalStack(StackConfig(home=home))
-        client = GatewayClient(stack.gateway_url(), (home / "api-token").read_text().strip())
-        job_id = client.submit(spec.to_yaml())["job_id"]
-        while (job := client.job(job_id))["state"] not in FINAL_STATES:
-            print(f"  job {job_id}: {job['state']} step {job['step']}", file=sys.stderr)
-            time.sleep(15)
-        if job["state"] != "succeeded":
-            raise RuntimeError(f"the job ended {job['state']}: {job['message']}")
-        records = client.metrics(job_id, last=10_000)
-        summary = summarize(job, records, client.versions(job_id))
+    with stack_up(home, gateway_port, engine, cache) as (stack, client):
+        job, records, summary = run_to_end(client, spec)
+        job_id = job["job_id"]
         groups = asyncio.run(read_all(stack.redis_url(), JobKeys(job_id).groups, bus_pb2.ScoredGroup))
         log = [json.loads(line) for line in (home / "logs" / "rollout.log").read_text().splitlines()
                if line.startswith("{")]  # fmt: skip
-        client.close()
-    finally:
-        _asympo(home, "down")
     steps = [r for r in records if r.get("prompt_ids")][1:]  # step 1 waits for the engine to start
     batches = {(g.pod, g.timings.generate_s, g.timings.score_s) for g in groups}  # a batch shares its timings
     per_batch = len(groups) / max(1, len(batches))

@@ -12,6 +12,7 @@ import typer
 from asympo.cli import runs
 from asympo.cli.client import GatewayError
 from asympo.cli.context import Ctx, fail, require_extra
+from asympo.cli.cpu_pinning import parse_cpus
 from asympo.cli.local_stack import SERVICES, LocalStack, StackError
 from asympo.cli.models import models_app
 from asympo.cli.watch import watch_job, write_job_report
@@ -49,12 +50,20 @@ def up(
     rollout_flag: list[str] = typer.Option(
         [], help="extra flag for the rollout pods, e.g. --rollout-flag=--claim-idle-s=5"
     ),
+    cpus: list[str] = typer.Option(
+        [],
+        help="pin a service to CPUs, e.g. --cpus rollout=0 --cpus learner=1 (Linux; `rollout` = every pod)",
+    ),
 ):
     """Start Redis and the services (only what is not running yet) and wait until they are healthy."""
     require_extra("up", "local", runs.LOCAL_STACK_MODULES)
     extra = {"rollout": [f for item in rollout_flag for f in item.split("=", 1)]}
+    try:
+        pinned = parse_cpus(cpus)
+    except ValueError as exc:
+        fail(str(exc))
     stack = ctx.obj.stack(
-        gateway_port=gateway_port, rollout_pods=rollout_pods, engine=engine, extra_flags=extra
+        gateway_port=gateway_port, rollout_pods=rollout_pods, engine=engine, extra_flags=extra, cpus=pinned
     )
     try:
         status = stack.up()

@@ -53,6 +53,9 @@ class StackConfig:
     start_timeout_s: float = 300.0
     # Extra flags per service, e.g. {"rollout": ["--claim-idle-s", "5"]} (tests, tuning).
     extra_flags: dict[str, list[str]] = field(default_factory=dict)
+    # CPUs per service (`rollout` covers every pod), e.g. {"rollout": {0}, "learner": {1}}: separate
+    # cores as separate GPU pools would be. A service not named runs wherever the OS puts it.
+    cpus: dict[str, set[int]] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
@@ -203,10 +206,12 @@ class LocalStack:
         ports = ["--host", "127.0.0.1", "--port", str(port)]
         if module != "services.gateway":
             ports += ["--metrics-port", str(metrics_port)]
+        cpus = self.config.cpus.get(name.split("-")[0])
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", module, *ports, *flags], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env={**os.environ, **env}, start_new_session=True,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             )  # fmt: skip
         self._pidfile(name).write_text(pid_record(proc.pid))
         record = self._wait_serving(name, proc, log_path, offset)

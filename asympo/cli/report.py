@@ -21,7 +21,7 @@ def plot(summary: dict, records: list[dict], path: Path) -> None:
 
     steps = [r for r in records if r.get("prompt_ids") is not None and not r.get("final")]
     x = [r["step"] for r in steps]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     axes[0].plot(
         x, trailing_mean([r.get("reward_mean") for r in steps]), label="training reward (10-step mean)"
     )
@@ -34,6 +34,7 @@ def plot(summary: dict, records: list[dict], path: Path) -> None:
     hist = summary["staleness_histogram"]
     axes[2].bar([int(k) for k in hist], list(hist.values()))
     axes[2].set(xlabel="version_now − gen_version_start", ylabel="groups trained", title="staleness")
+    _timeline(axes[3], summary.get("timeline_medians") or {})
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(
@@ -44,6 +45,22 @@ def plot(summary: dict, records: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _timeline(ax, medians: dict) -> None:
+    """Stacked bars: the learner's critical path, its background publication, and a pod batch (median s)."""
+    bars = [("learner\ncritical path", medians.get("critical", {})),
+            ("learner\npublication", medians.get("background", {})),
+            ("pods\nper group", medians.get("pods", {}))]  # fmt: skip
+    for i, (_, phases) in enumerate(bars):
+        bottom = 0.0
+        for name, seconds in phases.items():
+            ax.bar(i, seconds * 1000, bottom=bottom, width=0.6)
+            if seconds * 1000 > 0.04 * max(1e-9, sum(phases.values()) * 1000):
+                ax.text(i, bottom + seconds * 500, name, ha="center", va="center", fontsize=7)
+            bottom += seconds * 1000
+    ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
+    ax.set(ylabel="ms (median per step)", title="where a step's time goes")
 
 
 def write_report(job: dict, records: list[dict], versions: list[dict], out_dir: Path) -> dict:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from asympo.jobs.timeline import phase_medians
+
 
 def summarize(job: dict, records: list[dict], versions: list[dict] | None = None) -> dict[str, Any]:
     """The summary of a job: accuracy before and after, throughput, staleness, drops."""
@@ -59,6 +61,7 @@ def summarize(job: dict, records: list[dict], versions: list[dict] | None = None
         "tokens_generated": generated,
         "staleness_histogram": {str(k): v for k, v in sorted(staleness.items())},
         "dropped": final.get("flow", {}).get("dropped") or (steps[-1].get("dropped") if steps else {}),
+        "timeline_medians": phase_medians(steps),
         "rolled_back_steps": sum(len(r.get("superseded_steps", [])) for r in records if r.get("rollback")),
         "versions_published": len(versions) if versions is not None else None,
         "newest_version": versions[-1]["version"] if versions else None,

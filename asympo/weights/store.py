@@ -1,48 +1,39 @@
-"""The versioned weight store: write, verify and garbage-collect policy versions on disk.
+"""The versioned weight store: write and garbage-collect policy versions on disk.
 
 A version is an HF-format directory `{store}/{job}/v{version}/` (safetensors, config, tokenizer) plus
-`asympo_version.json`: per-file sha256, the directory digest carried by PolicyVersion.sha256, and the
-version's probes (asympo.weights.probes). Versions appear atomically: written beside, then renamed;
-`sweep_leftovers` removes what a killed writer left of that (asympo.weights.leftovers).
+`asympo_version.json` (asympo.weights.manifest): each file's blake3 digest and size, the version digest
+carried by PolicyVersion.sha256, and the version's probes (asympo.weights.probes). Versions appear
+atomically: written beside, fsynced, then renamed; `sweep_leftovers` removes what a killed writer left of
+that (asympo.weights.leftovers). Checking a stored version: asympo.weights.integrity.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from asympo.proto.v1 import bus_pb2
 from asympo.runtime import fence_file
 from asympo.runtime.durable import fsync_dir, fsync_tree
+from asympo.weights.digests import ALGORITHM
+from asympo.weights.integrity import check_version, content_files, hash_contents, verify_version
 from asympo.weights.leftovers import DEFAULT_GRACE_S, scratch_dir, sweep_dir, trash_name
+from asympo.weights.manifest import MANIFEST, VersionManifest, WeightsError, manifest_text, read_manifest
 from asympo.weights.probes import Probe, compute_probes
+from asympo.weights.timings import timed
 
-MANIFEST = "asympo_version.json"
-CHUNK_BYTES = 1 << 20
+__all__ = [
+    "MANIFEST", "VersionManifest", "WeightsError", "announcement", "check_version",
+    "content_files", "gc_versions", "list_versions", "local_path", "read_manifest", "sweep_leftovers",
+    "verify_version", "version_dir", "write_version",
+]  # fmt: skip
 
-
-class WeightsError(RuntimeError):
-    """A version that is missing, incomplete or corrupt; the message says which file and why."""
-
-
-@dataclass
-class VersionManifest:
-    """What asympo_version.json holds."""
-
-    job_id: str
-    version: int
-    step: int
-    sha256: str
-    bytes: int
-    files: dict[str, str]
-    probes: list[Probe] = field(default_factory=list)
-    created_at: float = 0.0
+# What write_version's `timings` holds, in order: each is the wall-clock time of one stretch of the write.
+PHASES = ("save", "hash", "probes", "fsync", "rename", "gc")
 
 
 def version_dir(store: Path, job_id: str, version: int) -> Path:
@@ -71,70 +62,6 @@ def local_path(uri: str) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def content_files(path: Path) -> list[Path]:
-    """Every file of a version directory but its manifest, sorted."""
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.name != MANIFEST)
-
-
-def directory_sha256(path: Path) -> tuple[str, int, dict[str, str]]:
-    """Digest over sorted (relative path, file sha256) of every file but the manifest; total bytes; per file."""
-    path = Path(path)
-    files, total = {}, 0
-    for f in content_files(path):
-        rel = f.relative_to(path).as_posix()
-        files[rel] = _file_sha256(f)
-        total += f.stat().st_size
-    digest = hashlib.sha256()
-    for rel in sorted(files):
-        digest.update(f"{rel}\0{files[rel]}\n".encode())
-    return digest.hexdigest(), total, files
-
-
-def read_manifest(path: Path) -> VersionManifest:
-    """The manifest of a version directory."""
-    try:
-        data = json.loads((Path(path) / MANIFEST).read_text())
-        data["probes"] = [Probe(**p) for p in data.get("probes", [])]
-        return VersionManifest(**data)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: no {MANIFEST}; not a complete version") from None
-    except (ValueError, TypeError) as exc:
-        raise WeightsError(f"{path}/{MANIFEST} is unreadable: {exc}") from None
-
-
-def verify_version(path: Path, sha256: str | None = None) -> VersionManifest:
-    """Recompute every file's sha256 and the digest; WeightsError names the first file that differs."""
-    path = Path(path)
-    if not path.is_dir():
-        raise WeightsError(f"version directory {path} does not exist")
-    manifest = read_manifest(path)
-    digest, total, files = directory_sha256(path)
-    for rel in sorted(set(manifest.files) | set(files)):
-        if rel not in files:
-            raise WeightsError(f"{path}: file {rel} is missing")
-        if rel not in manifest.files:
-            raise WeightsError(f"{path}: file {rel} is not part of the version")
-        if files[rel] != manifest.files[rel]:
-            raise WeightsError(
-                f"{path}: file {rel} is corrupt (sha256 {files[rel][:12]}… ≠ {manifest.files[rel][:12]}…)"
-            )
-    if digest != manifest.sha256:
-        raise WeightsError(f"{path}: directory digest {digest[:12]}… ≠ manifest {manifest.sha256[:12]}…")
-    if sha256 and digest != sha256:
-        raise WeightsError(
-            f"{path}: digest {digest[:12]}… ≠ the published {sha256[:12]}… (a different version?)"
-        )
-    return manifest
-
-
 def write_version(
     store: Path,
     job_id: str,
@@ -149,6 +76,7 @@ def write_version(
     replace: bool = False,
     grace_s: float = 0.0,
     fence_token: int | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[bus_pb2.PolicyVersion, Path]:
     """Write a version atomically and return its PolicyVersion and directory; older versions beyond `keep` go.
 
@@ -158,38 +86,87 @@ def write_version(
     says it was never announced (a crashed attempt's leftover). With `fence_token`, nothing is renamed
     once a newer learner has claimed the job's directory (asympo.runtime.fence_file). Older versions go
     as gc_versions says.
+
+    The probes (a forward pass) run on a thread from the start, and the files' writeback on another once
+    they are saved: the CPU serializes and hashes while the model computes and the disk drains.
+    `timings` receives the wall-clock seconds of each of PHASES, in order: save (safetensors, config,
+    tokenizer), hash (blake3 of the files just written, from page cache), probes (what is left of them),
+    fsync (what is left of the writeback, then the manifest and directories), rename (fence check,
+    rename, directory fsync) and gc (old versions, leftovers).
     """
     target = version_dir(store, job_id, version)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = scratch_dir(target.parent, target.name, "tmp")
+    background: list[Future] = []
     try:
-        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if probes is None:
-            probes = compute_probes(model, tokenizer)
-        digest, total, files = directory_sha256(tmp)
-        manifest = VersionManifest(job_id, version, step, digest, total, files, probes, time.time())
-        (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1))
+        probing = None if probes is not None else _on_a_thread(compute_probes, model, tokenizer)
+        background.append(probing)
+        with timed(timings, "save"):
+            model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        flushing = _on_a_thread(_fsync_files, content_files(tmp))
+        background.append(flushing)
+        with timed(timings, "hash"):
+            c = hash_contents(tmp, ALGORITHM)
+        with timed(timings, "probes"):
+            probes = probes if probing is None else probing.result()
+        manifest = VersionManifest(
+            job_id, version, step, c.digest, c.bytes, c.files, probes, time.time(), ALGORITHM, c.sizes
+        )
+        (tmp / MANIFEST).write_text(manifest_text(manifest))
         tmp.chmod(0o755)
-        fsync_tree(tmp)
-        # A learner that lost the job (a newer one claimed the job's directory) must not replace anything.
-        fence_file.check(target.parent, fence_token)
-        if target.exists() and replace:
-            _discard(target)
-        if target.exists():
-            existing = read_manifest(target)
-            if existing.sha256 != digest:
-                raise WeightsError(f"version {version} of job {job_id} already exists with different weights")
-            shutil.rmtree(tmp)
-        else:
-            os.rename(tmp, target)
-            fsync_dir(target.parent)  # the rename itself must survive a machine crash
+        with timed(timings, "fsync"):
+            flushing.result()
+            fsync_tree(tmp)  # the manifest and the directories; files already flushed cost a syscall
+        with timed(timings, "rename"):
+            _put_in_place(tmp, target, manifest, replace, fence_token)
     except BaseException:
+        for job in filter(None, background):
+            job.exception()  # let it finish: the model and the files are not theirs once this returns
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    gc_versions(store, job_id, keep, protect={version}, grace_s=grace_s)
-    sweep_leftovers(store, job_id)  # a predecessor on another machine may have left some, idle only now
+    with timed(timings, "gc"):
+        gc_versions(store, job_id, keep, protect={version}, grace_s=grace_s)
+        sweep_leftovers(store, job_id)  # a predecessor on another machine may have left some, idle only now
     return _announcement(target, manifest), target
+
+
+def _fsync_files(files: list[Path]) -> None:
+    for f in files:
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _on_a_thread(fn, *args) -> Future:
+    # fsync waits for the disk and the probes' matrix products release the GIL: both overlap the rest.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="asympo-version")
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _put_in_place(tmp: Path, target: Path, manifest: VersionManifest, replace: bool, fence_token) -> None:
+    # A learner that lost the job (a newer one claimed the job's directory) must not replace anything.
+    fence_file.check(target.parent, fence_token)
+    if target.exists() and replace:
+        _discard(target)
+    if target.exists():
+        if not _same_weights(target, manifest):
+            raise WeightsError(
+                f"version {manifest.version} of job {manifest.job_id} already exists with different weights"
+            )
+        shutil.rmtree(tmp)
+    else:
+        os.rename(tmp, target)
+        fsync_dir(target.parent)  # the rename itself must survive a machine crash
+
+
+def _same_weights(existing: Path, manifest: VersionManifest) -> bool:
+    old = read_manifest(existing)
+    if old.algorithm == manifest.algorithm:
+        return old.sha256 == manifest.sha256
+    return hash_contents(existing, manifest.algorithm).digest == manifest.sha256  # written before blake3
 
 
 def _announcement(path: Path, manifest: VersionManifest) -> bus_pb2.PolicyVersion:

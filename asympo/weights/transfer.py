@@ -1,4 +1,9 @@
-"""Streaming a stored policy version over gRPC (LearnerService.FetchWeights): server side and pod side."""
+"""Streaming a stored policy version over gRPC (LearnerService.FetchWeights): server side and pod side.
+
+The learner serves a version after the trusted check (asympo.weights.integrity.check_version: the store
+is its own, so sizes are checked, contents are not hashed again); the pod hashes the bytes as they
+arrive (asympo.weights.receiving), so a version crosses the wire verified with one pass over it.
+"""
 
 from __future__ import annotations
 
@@ -13,36 +18,40 @@ import grpc
 from asympo.bus.keys import JobKeys
 from asympo.proto.v1 import learner_pb2, learner_pb2_grpc
 from asympo.runtime.grpc_auth import ClientAuth
+from asympo.weights.digests import BLOCK_BYTES
+from asympo.weights.integrity import check_version, content_files
 from asympo.weights.leftovers import scratch_dir
-from asympo.weights.store import (
-    CHUNK_BYTES,
-    MANIFEST,
-    WeightsError,
-    content_files,
-    verify_version,
-    version_dir,
-)
+from asympo.weights.manifest import MANIFEST, WeightsError
+from asympo.weights.receiving import VersionReceiver
+from asympo.weights.store import version_dir
+
+# Bigger chunks mean fewer messages (and Python iterations) per GB on both ends; below gRPC's default
+# receive limit of 4 MiB, so any client can read them.
+CHUNK_BYTES = 2 * BLOCK_BYTES
 
 
 def iter_weight_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[learner_pb2.WeightChunk]:
-    """Every file of a verified version, manifest included, as ordered chunks naming file and offset."""
+    """Every file of a version that passes the trusted check, manifest last, as ordered chunks naming file
+    and offset; WeightsError if a file is not the size it had (the pod hashes what it receives)."""
     path = Path(path)
-    manifest = verify_version(path)
+    manifest = check_version(path)
     for f in [*content_files(path), path / MANIFEST]:
         rel = f.relative_to(path).as_posix()
         size = f.stat().st_size
+        sent = 0
         with f.open("rb") as fh:
-            offset = 0
             while True:
                 data = fh.read(chunk_bytes)
-                if data or offset == 0:
+                if data or sent == 0:
                     yield learner_pb2.WeightChunk(
-                        path=rel, offset=offset, data=data, file_size=size, sha256=manifest.sha256,
+                        path=rel, offset=sent, data=data, file_size=size, sha256=manifest.sha256,
                         version=manifest.version,
                     )  # fmt: skip
+                sent += len(data)
                 if len(data) < chunk_bytes:
                     break
-                offset += len(data)
+        if sent != size:
+            raise WeightsError(f"{path}: file {rel} changed while it was sent ({sent} bytes of {size})")
 
 
 def _request_problem(request: learner_pb2.FetchWeightsRequest, store: Path, serving: str | None):
@@ -85,20 +94,13 @@ async def fetch_weights_rpc(
     chunks = iter_weight_chunks(path)
     while True:
         try:
-            # Hashing and reading are blocking: keep them off the event loop.
+            # Checking and reading are blocking: keep them off the event loop.
             chunk = await asyncio.to_thread(next, chunks, None)
         except WeightsError as exc:
             await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
         if chunk is None:
             return
         yield chunk
-
-
-def _safe_relative(rel: str) -> Path:
-    p = Path(rel)
-    if not rel or p.is_absolute() or ".." in p.parts:
-        raise WeightsError(f"refusing chunk path {rel!r}: it must stay inside the version directory")
-    return p
 
 
 def fetch_version(
@@ -111,7 +113,8 @@ def fetch_version(
     timeout_s: float = 600.0,
     auth: ClientAuth | None = None,
 ) -> Path:
-    """Stream a version from the learner into dest_root/{job}/v{version}, verified; partial downloads vanish.
+    """Stream a version from the learner into dest_root/{job}/v{version}, verified as it arrives (against
+    `expected_sha256`, the announced digest, when given); partial downloads vanish.
 
     `auth`: the token (and TLS files) to present; by default $ASYMPO_GRPC_TOKEN over plaintext.
     """
@@ -123,41 +126,18 @@ def fetch_version(
     dest = version_dir(dest_root, job_id, version)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = scratch_dir(dest.parent, dest.name, "fetch")  # named after this process: see leftovers
+    receiver = VersionReceiver(tmp, expected_sha256)
     try:
-        with auth.channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        with auth.channel(target, options=options) as channel:
             stub = learner_pb2_grpc.LearnerServiceStub(channel)
             request = learner_pb2.FetchWeightsRequest(job_id=job_id, version=version)
-            sizes: dict[str, int] = {}
-            announced: dict[str, int] = {}
-            handles = {}
             try:
                 for chunk in stub.FetchWeights(request, timeout=timeout_s, metadata=auth.metadata):
-                    rel = _safe_relative(chunk.path)
-                    written = sizes.get(chunk.path, 0)
-                    if chunk.offset != written:
-                        raise WeightsError(
-                            f"{chunk.path}: chunk at offset {chunk.offset}, expected {written}"
-                        )
-                    if announced.setdefault(chunk.path, chunk.file_size) != chunk.file_size:
-                        raise WeightsError(
-                            f"{chunk.path}: announced as {announced[chunk.path]} bytes, then as {chunk.file_size}"
-                        )
-                    if chunk.path not in handles:
-                        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                        handles[chunk.path] = (tmp / rel).open("wb")
-                    handles[chunk.path].write(chunk.data)
-                    sizes[chunk.path] = written + len(chunk.data)
+                    receiver.take(chunk)
             finally:
-                for fh in handles.values():
-                    fh.close()
-        if MANIFEST not in sizes:
-            raise WeightsError(f"the learner at {target} sent no {MANIFEST}")
-        for name, received in sizes.items():
-            if received != announced[name]:
-                raise WeightsError(
-                    f"{name}: announced {announced[name]} bytes, received {received} (the stream was cut short?)"
-                )
-        verify_version(tmp, expected_sha256)
+                receiver.close()
+        receiver.finish(f"the learner at {target}")
         if dest.exists():
             shutil.rmtree(dest)
         os.rename(tmp, dest)

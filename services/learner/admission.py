@@ -117,7 +117,7 @@ class Admission:
             if time.monotonic() - last_check > self.ctx.settings.poll_s:
                 last_check = time.monotonic()
                 # A pause or cancel must not wait until slow pods deliver a step.
-                if self.ctx.failure or not await self.control.running():
+                if self.ctx.failure or self.ctx.publication_error or not await self.control.running():
                     return False
         return True
 

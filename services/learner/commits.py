@@ -184,23 +184,41 @@ class VersionCommits:
     async def write_version(self) -> tuple[bus_pb2.PolicyVersion | None, float]:
         """Gather the full weights (all ranks) and write the next version to the store (rank 0), unannounced."""
         t0 = time.perf_counter()
+        state = await self.snapshot()
+        pv = None
+        if self.ctx.world.is_main:
+            pv = await self.write_snapshot(state, self.ctx.progress.version + 1, self.ctx.progress.step, {})
+        failpoints.reach("after_write_version", self.ctx.progress.step)
+        return pv, time.perf_counter() - t0
+
+    async def snapshot(self) -> dict | None:
+        """All ranks: refuse non-finite weights, then gather the full state dict (on CPU; rank 0 keeps it)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         await self._refuse_nonfinite()
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = await asyncio.to_thread(get_model_state_dict, self.policy.model, options=options)
-        pv = None
-        if self.ctx.world.is_main:
+        return state if self.ctx.world.is_main else None
+
+    async def write_snapshot(
+        self, state: dict, version: int, step: int, timings: dict[str, float]
+    ) -> bus_pb2.PolicyVersion:
+        """Rank 0: write `state` as `version` to the store, unannounced; `timings` gets the seconds per phase."""
+        s = self.ctx.settings
+
+        def write() -> bus_pb2.PolicyVersion:
+            t0 = time.perf_counter()
             self.policy.publisher.load_state_dict(state)
-            s = self.ctx.settings
+            timings["load"] = time.perf_counter() - t0
             # Numbers above the newest announced one are free: a directory there is a crashed attempt's.
-            pv, _ = await asyncio.to_thread(
-                write_version, s.weight_store, self.ctx.job_id, self.ctx.progress.version + 1,
-                self.ctx.progress.step, self.policy.publisher, self.policy.tokenizer, keep=s.keep_versions,
-                replace=True, grace_s=s.version_grace_s, fence_token=self.ctx.fence_token,
+            pv, _ = write_version(
+                s.weight_store, self.ctx.job_id, version, step, self.policy.publisher, self.policy.tokenizer,
+                keep=s.keep_versions, replace=True, grace_s=s.version_grace_s, fence_token=self.ctx.fence_token,
+                timings=timings,
             )  # fmt: skip
-        failpoints.reach("after_write_version", self.ctx.progress.step)
-        return pv, time.perf_counter() - t0
+            return pv
+
+        return await asyncio.to_thread(write)
 
     async def _refuse_nonfinite(self) -> None:
         """JobFailure on every rank if any rank's shard of the weights holds NaN or inf: pods must never get them."""
@@ -221,13 +239,19 @@ class VersionCommits:
     async def announce(self, pv: bus_pb2.PolicyVersion | None) -> None:
         """XADD the written version (rank 0, fenced); from then on every rank dispatches and trains at it."""
         if self.ctx.world.is_main:
-            await self.ctx.ledger.publish(self.ctx.keys.policy, [pv], maxlen=POLICY_MAXLEN)
-            self.ctx.metrics.version.set(pv.version)
-            log.info("published", extra={"version": pv.version, "step": pv.step, "bytes": pv.bytes})
+            await self.announce_main(pv)
         await asyncio.to_thread(D.barrier, self.ctx.world)
-        # Only now: the dispatcher stamps tasks with this version, which pods must be able to load.
-        self.ctx.progress.version += 1
+        if not self.ctx.world.is_main:
+            self.ctx.progress.version += 1
         failpoints.reach("after_announce", self.ctx.progress.step)
+
+    async def announce_main(self, pv: bus_pb2.PolicyVersion) -> None:
+        """Rank 0: XADD the written version (fenced); the dispatcher stamps tasks with it from now on."""
+        await self.ctx.ledger.publish(self.ctx.keys.policy, [pv], maxlen=POLICY_MAXLEN)
+        self.ctx.metrics.version.set(pv.version)
+        log.info("published", extra={"version": pv.version, "step": pv.step, "bytes": pv.bytes})
+        # Only now: pods must be able to load a version the dispatcher stamps on a task.
+        self.ctx.progress.version = pv.version
 
     async def publish(self, version: int | None = None) -> float:
         """Write and announce the next version (or `version`) at once: start-up and resume."""

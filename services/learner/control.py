@@ -112,14 +112,14 @@ class JobControl:
         self.job = await update_job(self.ctx.redis, self.ctx.job_id, change, fence=self.ctx.fence)
         return self.job
 
-    async def record_progress(self) -> None:
-        """Write the current step and version into the record (whatever its state)."""
-        p = self.ctx.progress
+    async def record_progress(self, step: int) -> None:
+        """Write the newest committed step and the announced version into the record (whatever its state)."""
+        version = self.ctx.progress.version
 
         def change(job: JobRecord) -> JobRecord | None:
-            if (job.step, job.version) == (p.step, p.version):
+            if (job.step, job.version) == (step, version):
                 return None
-            job.step, job.version = p.step, p.version
+            job.step, job.version = step, version
             return job
 
         await update_job(self.ctx.redis, self.ctx.job_id, change, fence=self.ctx.fence)

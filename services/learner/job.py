@@ -33,8 +33,9 @@ from .evaluation import LearnerEvaluation, RolloutEvaluation
 from .housekeeping import Housekeeping
 from .job_context import JobContext, Progress
 from .metrics import LearnerMetrics
+from .publication import Publication
 from .settings import LearnerSettings
-from .step_records import StepRecords
+from .step_records import StepRecords, pod_phase_sums
 from .trainer import Trainer, shard_model
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class JobRun:
         self.control = JobControl(self.ctx, job, on_knob=self._knob_changed)
         self.dispatcher: Dispatcher | None = None
         self.records: StepRecords | None = None  # the parts below exist once the model is loaded
+        self.commits: VersionCommits | None = None
+        # Set when prompts may be dispatched again (a step committed, a version announced): the dispatcher
+        # acts at once instead of at its next poll, which would idle the pods at low staleness.
+        self.wake_dispatcher = asyncio.Event()
         self._background: list[asyncio.Task] = []
         self.attempts = 0  # optimizer steps tried by this process, skipped ones included
         self.nonfinite_run = 0  # skipped steps since the last applied one
@@ -131,6 +136,7 @@ class JobRun:
                 evaluation = LearnerEvaluation(spec, publisher, prompter)
         self.records = StepRecords(ctx, evaluation)
         self.commits = VersionCommits(ctx, self.policy, self.admission, self.records, self.control)
+        self.publication = Publication(ctx, self.commits, self.records, self._committed)
 
     # ---- the job ---------------------------------------------------------------------------------
 
@@ -161,8 +167,10 @@ class JobRun:
             while ctx.progress.step < algo.steps:
                 if self.fenced is not None:
                     raise self.fenced
+                await self.publication.raise_failure()
                 decision = await self.control.decide()
                 if decision.action == "stop":
+                    await self.publication.wait()
                     if decision.reason == "cancelled":
                         return "cancelled"
                     await self.commits.checkpoint()  # shutdown: leave the job running for the next learner
@@ -175,6 +183,8 @@ class JobRun:
             await self._finish()
             return "succeeded"
         finally:
+            if self.commits is not None:
+                self.publication.cancel()  # only left running when the run fails: as a crash would
             self._stop_background()
             ctx.metrics.job_active.set(0)
 
@@ -211,21 +221,28 @@ class JobRun:
                 raise
             except Exception:
                 log.exception("dispatching failed; retrying")
-            await asyncio.sleep(s.poll_s)
+            try:
+                await asyncio.wait_for(self.wake_dispatcher.wait(), s.poll_s)
+            except asyncio.TimeoutError:
+                pass
+            self.wake_dispatcher.clear()
 
     async def _step(self) -> bool:
-        """Train one step on every rank, publish and checkpoint as the job says; False if it did not happen."""
+        """Train one step on every rank and start its publication; False if it did not happen."""
         ctx, w = self.ctx, self.ctx.world
         per_rank = ctx.spec.algorithm.prompts_per_step // w.size
         t0 = time.perf_counter()
         ready = await self.admission.collect(per_rank)
         if await asyncio.to_thread(D.all_min, 1.0 if ready else 0.0, w) < 1:
             return False  # someone's job paused or stopped mid-collection; the buffers are kept
+        timeline = {"wait_groups": time.perf_counter() - t0}
         batch, read_tokens = self.admission.take(per_rank)
         groups = [d.message for d in batch]
         staleness = [ctx.staleness(g.gen_version_start) for g in groups]
         self.attempts += 1
+        t1 = time.perf_counter()
         stats = await asyncio.to_thread(self.policy.trainer.step, groups, failpoints.injected(self.attempts))
+        timeline["train"] = time.perf_counter() - t1
         if stats.get("skipped"):
             await self._skipped(batch, stats)
             return True
@@ -235,29 +252,29 @@ class JobRun:
         failpoints.reach("after_train", step)
         entries = [d.entry_id for d in batch]
         trained = await asyncio.to_thread(
-            D.gather, ([g.prompt_id for g in groups], staleness, read_tokens, entries), w
-        )
-        publishing = step % algo.sync_every == 0 or step == algo.steps
-        publish_s = None
-        if publishing:
-            pv, publish_s = await self.commits.write_version()
-            await self.commits.announce(pv)
-        if w.is_main:
-            flow = await read_flow(ctx.redis, ctx.keys)
-            ctx.progress.dropped = {**flow.dropped, "duplicate": flow.duplicates, "foreign": flow.foreign}
-            record = self.records.step_record(stats, trained, time.perf_counter() - t0, publish_s)
-            await self.records.commit([e for *_, ids in trained for e in ids], record)
-            await self.control.record_progress()
-            await self.housekeeping.trained()
+            D.gather, ([g.prompt_id for g in groups], staleness, read_tokens, entries, pod_phase_sums(groups)), w
+        )  # fmt: skip
+        # One publication in flight at most: the previous step's must be out before this one's starts.
+        timeline["wait_publication"] = await self.publication.wait()
+        state = await self.publication.snapshot(step % algo.sync_every == 0 or step == algo.steps, timeline)
+        self.publication.start(state, stats, trained, timeline, t0)
         if ctx.spec.checkpoint.every and step % ctx.spec.checkpoint.every == 0:
+            await self.publication.wait()
             await self.commits.checkpoint()
         return True
+
+    async def _committed(self, step: int) -> None:
+        """After step `step`'s commit (rank 0): progress on the job record, housekeeping, more prompts at once."""
+        await self.control.record_progress(step)
+        await self.housekeeping.trained()
+        self.wake_dispatcher.set()
 
     async def _skipped(self, batch, stats: dict) -> None:
         """A step whose loss or gradient was not finite on some rank: nothing applied, its groups dropped."""
         ctx = self.ctx
         self.nonfinite_run += 1
         ctx.metrics.steps_skipped.inc()
+        await self.publication.wait()  # records stay in step order
         await self.admission.discard(batch, "non_finite")
         record = {"skipped": True, "step": ctx.progress.step + 1, "version": ctx.progress.version,
                   "cause": stats["cause"], "consecutive": self.nonfinite_run, "time": time.time()}  # fmt: skip
@@ -272,6 +289,7 @@ class JobRun:
 
     async def _finish(self) -> None:
         ctx, records = self.ctx, self.records
+        await self.publication.wait()
         await self.commits.checkpoint()
         if not ctx.world.is_main:
             return

@@ -48,6 +48,11 @@ class JobContext:
     max_staleness: int = -1
     # Why the job cannot go on (e.g. over its Redis budget with nothing left to drain); fails it at the next step.
     failure: str = ""
+    # 1 on rank 0 while the newest step's version is being written in the background (publication.py):
+    # the weights in memory are already that version.
+    unannounced: int = 0
+    # What stopped the background publication (publication.py); the step loop raises it.
+    publication_error: BaseException | None = None
 
     def __post_init__(self):
         self.keys = JobKeys(self.job_id)
@@ -62,5 +67,5 @@ class JobContext:
         return int(self.fence.token) if self.fence.token else None
 
     def staleness(self, gen_version_start: int) -> int:
-        """How many versions behind the current one a group generated from gen_version_start is."""
-        return self.progress.version - gen_version_start
+        """How many versions behind the weights being trained a group generated from gen_version_start is."""
+        return self.progress.version + self.unannounced - gen_version_start

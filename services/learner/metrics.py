@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from asympo.runtime.metric_set import MetricSet
 
-_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class LearnerMetrics:
@@ -42,6 +42,11 @@ class LearnerMetrics:
         self.heldout_version = m.gauge("heldout_version", "policy version of the newest held-out evaluation")
         self.grad_norm = m.gauge("grad_norm", "gradient norm before clipping")
         self.publish_seconds = m.histogram("publish_seconds", "gather + write + announce a version", _SECONDS)
+        self.phase_seconds = m.histogram(
+            "step_phase_seconds",
+            "where a step's time went, by phase (wait_groups, train, snapshot, save, hash, announce, ...)",
+            _SECONDS, ("phase",),
+        )  # fmt: skip
         self.checkpoint_seconds = m.histogram("checkpoint_seconds", "checkpoint write time", _SECONDS)
         self.in_flight = m.gauge("prompts_in_flight", "dispatched, not yet consumed")
         self.dispatched = m.counter("prompts_dispatched", "PromptTasks dispatched")

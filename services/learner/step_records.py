@@ -16,6 +16,28 @@ from .job_context import JobContext
 log = logging.getLogger(__name__)
 
 
+# What the pods spent on a step's groups, from each group's Timings (means over the step's groups): how
+# long its task waited in the stream, the engine call and the scoring of its batch, and the reload and
+# previous publish the pod did between batches (attributed to the next batch).
+POD_PHASES = ("queued", "generate", "score", "reload", "publish")
+
+
+def pod_phase_sums(groups) -> tuple[int, list[float]]:
+    """This rank's groups: their count and the sum of each of POD_PHASES (non-finite or negative as 0)."""
+    sums = [0.0] * len(POD_PHASES)
+    for g in groups:
+        t = g.timings
+        for i, value in enumerate((t.queued_s, t.generate_s, t.score_s, t.reload_s, t.publish_s)):
+            sums[i] += value if math.isfinite(value) and value > 0 else 0.0
+    return len(groups), sums
+
+
+def pod_phases(per_rank: list[tuple[int, list[float]]]) -> dict[str, float]:
+    """Means over every rank's groups of POD_PHASES."""
+    n = sum(count for count, _ in per_rank)
+    return {p: sum(sums[i] for _, sums in per_rank) / max(1, n) for i, p in enumerate(POD_PHASES)}
+
+
 class StepRecords:
     """The job's steps stream and metrics: a record per step and per evaluation (rank 0 writes them)."""
 
@@ -25,44 +47,50 @@ class StepRecords:
         # Staleness of every group trained since this process started (the learner's Status RPC).
         self.staleness_counts: dict[int, int] = {}
 
-    def step_record(self, stats: dict, trained: list, seconds: float, publish_s: float | None) -> dict:
-        """The step's record (rank 0), and its metrics."""
+    def step_record(
+        self, step: int, stats: dict, trained: list, seconds: float, publish_s: float | None, timeline: dict
+    ) -> dict:
+        """Step `step`'s record (rank 0), and its metrics; `seconds` is the step's critical path."""
         prompt_ids = [pid for ids, *_ in trained for pid in ids]
         staleness = [s for _, st, *_ in trained for s in st]
-        generated = sum(n for _, _, n, _ in trained)
+        generated = sum(rank[2] for rank in trained)
+        pods = pod_phases([rank[4] for rank in trained])
         for s in staleness:
             self.staleness_counts[s] = self.staleness_counts.get(s, 0) + 1
             self.ctx.metrics.staleness.observe(s)
         m = self.ctx.metrics
-        m.step.set(self.ctx.progress.step)
+        m.step.set(step)
         m.step_seconds.observe(seconds)
         m.tokens_trained.inc(stats["tokens"])
         m.tokens_per_s.set(stats["tokens"] / max(seconds, 1e-9))
         m.groups_trained.inc(len(prompt_ids))
         if publish_s is not None:
             m.publish_seconds.observe(publish_s)
+        for phase, seconds_ in timeline.items():
+            m.phase_seconds.labels(phase).observe(seconds_)
         for gauge, key in ((m.loss, "loss"), (m.delta, "delta"), (m.balance_ratio, "R"), (m.reward_mean, "reward_mean"),
                            (m.reward_std, "reward_std"), (m.accuracy, "accuracy"), (m.grad_norm, "grad_norm")):  # fmt: skip
             if math.isfinite(stats.get(key, math.nan)):
                 gauge.set(stats[key])
         return {
-            "step": self.ctx.progress.step, "version": self.ctx.progress.version + (publish_s is not None),
+            "step": step, "version": self.ctx.progress.version,
             "time": time.time(), "seconds": seconds, "publish_seconds": publish_s, "prompt_ids": prompt_ids,
+            "timeline": {"learner": dict(timeline), "pods": pods},
             "staleness": staleness, "tokens_per_s": stats["tokens"] / max(seconds, 1e-9),
             "dropped": dict(self.ctx.progress.dropped), "generated_tokens": generated,
             "max_staleness": self.ctx.max_staleness, **stats,
         }  # fmt: skip
 
-    async def commit(self, entry_ids: list[str], record: dict) -> None:
+    async def commit(self, entry_ids: list[str], record: dict, step: int) -> None:
         """Evaluate on eval steps, then ACK the step's groups and write its record in one atomic write."""
         ctx = self.ctx
-        if ctx.spec.eval.every and ctx.progress.step % ctx.spec.eval.every == 0:
-            record["heldout_accuracy"] = await self.evaluate(ctx.progress.version, ctx.progress.step)
+        if ctx.spec.eval.every and step % ctx.spec.eval.every == 0:
+            record["heldout_accuracy"] = await self.evaluate(ctx.progress.version, step)
         acked = await ctx.ledger.commit_step(entry_ids, json_safe(record))
         if acked != len(entry_ids):
             log.warning("a step's groups were not all pending at commit",
-                        extra={"step": ctx.progress.step, "groups": len(entry_ids), "acked": acked})  # fmt: skip
-        failpoints.reach("after_commit", ctx.progress.step)
+                        extra={"step": step, "groups": len(entry_ids), "acked": acked})  # fmt: skip
+        failpoints.reach("after_commit", step)
 
     async def write_record(self, record: dict) -> None:
         """Append a record to the steps stream (non-finite numbers become null: JSON has no NaN)."""

@@ -42,6 +42,8 @@ class BatchProcessor:
         self.metrics = metrics
         self.pause = pause  # async (seconds) -> None that a pod shutdown cuts short
         self.job: JobRecord | None = None  # the job being served: its loss and verifier
+        self.reloads = None  # the pod's Reloader: reload time paid since the previous batch
+        self.publish_s = 0.0  # how long publishing the previous batch took (carried by the next one)
 
     async def process(self, consumer: StreamConsumer, keys: JobKeys, batch: list[Delivery]) -> None:
         """Dead-letter unusable tasks, then generate, score, publish and ACK the rest (one by one on failure)."""
@@ -88,6 +90,7 @@ class BatchProcessor:
 
     async def _process_batch(self, consumer: StreamConsumer, keys: JobKeys, batch: list[Delivery]) -> None:
         t_start = time.time()
+        reload_s = self.reloads.take() if self.reloads else 0.0
         tasks = [d.message for d in batch]
         for d in batch:
             self.metrics.queue_wait.observe(max(0.0, t_start - int(d.entry_id.split("-")[0]) / 1000))
@@ -122,9 +125,12 @@ class BatchProcessor:
         # Thousands of completions take a while to wrap; off the event loop, the claim keeps being renewed.
         out = await asyncio.to_thread(
             self._scored_groups, batch, requests, groups, rewards, t_start, (version_start, version_end),
-            bus_pb2.Timings(generate_s=gen_s, score_s=score_s), grpo,
+            bus_pb2.Timings(generate_s=gen_s, score_s=score_s, reload_s=reload_s, publish_s=self.publish_s), grpo,
         )  # fmt: skip
+        t2 = time.perf_counter()
         await consumer.ack_and_publish([d.entry_id for d in batch], keys.groups, out)
+        self.publish_s = time.perf_counter() - t2
+        self.metrics.publish_seconds.observe(self.publish_s)
         self.metrics.groups.inc(len(out))
         self.board.published(len(out))
         self.metrics.tokens_per_s.set(self.board.rate.per_s())
@@ -139,7 +145,8 @@ class BatchProcessor:
                 scored_group(
                     task, request.prompt_token_ids, group, [(r.reward, r.status) for r in scores],
                     versions=versions, pod=self.settings.pod, behavior_logprobs=grpo,
-                    timings=bus_pb2.Timings(queued_s=queued, generate_s=timings.generate_s, score_s=timings.score_s),
+                    timings=bus_pb2.Timings(queued_s=queued, generate_s=timings.generate_s, score_s=timings.score_s,
+                                            reload_s=timings.reload_s, publish_s=timings.publish_s),
                 )
             )  # fmt: skip
         return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from asympo.runtime.metric_set import MetricSet
 
-_LATENCY = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_LATENCY = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class RolloutMetrics:
@@ -25,6 +25,13 @@ class RolloutMetrics:
         self.served_version = m.gauge("served_version", "policy version being served")
         self.tokens_per_s = m.gauge("tokens_per_second", "generation throughput")
         self.reload_seconds = m.histogram("reload_seconds", "fetch + verify + reload + probe", _LATENCY)
+        self.reload_phase_seconds = m.histogram(
+            "reload_phase_seconds", "a successful reload by phase: fetch, verify, load, check, reset",
+            _LATENCY, ("phase",),
+        )  # fmt: skip
+        self.publish_seconds = m.histogram(
+            "publish_seconds", "writing a batch's ScoredGroups and ACKing its tasks", _LATENCY
+        )
         self.reload_failures = m.counter("reload_failures", "reloads refused or failed", ("reason",))
         for reason in ("unreachable", "verify", "head", "probe", "engine"):
             self.reload_failures.labels(reason)  # exported as 0 from the start, so rate() has a baseline

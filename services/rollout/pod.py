@@ -53,6 +53,9 @@ class RolloutPod:
         self.reward: AsyncRewardClient | None = None
         # Reports the rollout service's gRPC health (set by the process that serves it).
         self.health: Callable[[bool], Awaitable[None]] | None = None
+        # The engine library being imported ahead (engines.import_ahead): a job waits for it, since
+        # transformers' lazy imports are not safe from two threads at once.
+        self.imports: asyncio.Future | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -67,6 +70,7 @@ class RolloutPod:
         self.batches = BatchProcessor(
             self.settings, self.model, self.reward, self.board, self.metrics, self.pause
         )
+        self.batches.reloads = self.reloader
         try:
             while not self.stopping.is_set():
                 job = await self._wait_for_job()
@@ -119,6 +123,8 @@ class RolloutPod:
 
     async def _serve_job(self, job: JobRecord) -> None:
         s = self.settings
+        if self.imports is not None:
+            await asyncio.wait([self.imports])  # its failure is logged; the engine start then says more
         keys = JobKeys(job.job_id)
         self.job = self.batches.job = job
         await self.board.open(PodStatus(pod=s.pod, job_id=job.job_id, engine=s.engine, state="loading"))

@@ -12,7 +12,15 @@ from pathlib import Path
 from asympo.proto.v1 import bus_pb2
 from asympo.runtime.grpc_auth import ClientAuth
 from asympo.weights.leftovers import sweep_dir
-from asympo.weights.store import VersionManifest, WeightsError, local_path, verify_version
+from asympo.weights.store import (
+    VersionManifest,
+    WeightsError,
+    check_version,
+    local_path,
+    read_manifest,
+    verify_version,
+)
+from asympo.weights.timings import timed
 from asympo.weights.transfer import fetch_version
 
 log = logging.getLogger(__name__)
@@ -42,35 +50,56 @@ class LocalVersion:
 
 
 def materialize(
-    pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: str | None, auth: ClientAuth | None = None
+    pv: bus_pb2.PolicyVersion,
+    weights_dir: Path,
+    learner_target: str | None,
+    auth: ClientAuth | None = None,
+    *,
+    full_verify: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> LocalVersion:
-    """The version's verified directory: the shared path of its URI if mounted here, else fetched from the learner.
+    """The version's checked directory: the shared path of its URI if mounted here, else fetched from the learner.
 
-    Blocking (hashes every file); run it in a thread.
+    In place, the manifest is trusted (asympo.weights.integrity.check_version: its digest is the
+    announced one and every file has its size; the store is written by the learner alone); `full_verify`
+    hashes every file instead. Fetched, the bytes are hashed as they arrive. `timings` receives
+    "fetch" (0 in place; streaming, writing and hashing when fetched) and "verify" (the check in place;
+    reading the received manifest when fetched). Blocking: run it in a thread.
     """
     path, fetched = local_path(pv.uri), False
     try:
-        if path is None:
-            if not learner_target:
-                raise ReloadRefused(
-                    "unreachable",
-                    f"version {pv.version} lives at {pv.uri}, which is not mounted here, and no learner_target "
-                    "is set to fetch it from",
-                )
-            dest = weights_dir / pv.job_id / f"v{pv.version}"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            (dest.parent / FETCHED_MARK).touch()
-            sweep_dir(dest.parent)  # partial downloads of a killed predecessor
-            if dest.exists():
-                shutil.rmtree(dest)  # a leftover of an earlier, failed attempt
-            fetched = True
-            path = fetch_version(
-                learner_target, pv.job_id, pv.version, weights_dir, expected_sha256=pv.sha256, auth=auth
-            )
-        manifest = verify_version(path, pv.sha256)
+        with timed(timings, "fetch"):
+            if path is None:
+                path = _fetch(pv, weights_dir, learner_target, auth)
+                fetched = True
+        with timed(timings, "verify"):
+            if full_verify:
+                manifest = verify_version(path, pv.sha256)
+            elif fetched:
+                manifest = read_manifest(path)  # fetch_version checked it against pv.sha256
+            else:
+                manifest = check_version(path, pv.sha256)
     except WeightsError as exc:
         raise ReloadRefused("verify", f"version {pv.version} refused: {exc}") from exc
     return LocalVersion(pv.version, pv.sha256, Path(path), manifest, fetched)
+
+
+def _fetch(pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: str | None, auth) -> Path:
+    if not learner_target:
+        raise ReloadRefused(
+            "unreachable",
+            f"version {pv.version} lives at {pv.uri}, which is not mounted here, and no learner_target "
+            "is set to fetch it from",
+        )
+    dest = weights_dir / pv.job_id / f"v{pv.version}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    (dest.parent / FETCHED_MARK).touch()
+    sweep_dir(dest.parent)  # partial downloads of a killed predecessor
+    if dest.exists():
+        shutil.rmtree(dest)  # a leftover of an earlier, failed attempt
+    return fetch_version(
+        learner_target, pv.job_id, pv.version, weights_dir, expected_sha256=pv.sha256, auth=auth
+    )
 
 
 def prune_fetched(weights_dir: Path, job_id: str, keep: set[Path] = frozenset()) -> None:

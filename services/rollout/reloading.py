@@ -48,6 +48,8 @@ class Reloader:
         self._restarts = RetryGate()
         # Each announcement is looked at once; what this pod cannot use is dead-lettered with the reason.
         self.policy = PolicyReader(redis, settings.pod)
+        # Reload time not yet attributed to a batch (the next batch's groups carry it in Timings.reload_s).
+        self.reload_seconds = 0.0
 
     async def reload_newest(self, keys: JobKeys) -> None:
         """Load the newest announced version if it is newer than the one served (refused ones back off).
@@ -65,15 +67,13 @@ class Reloader:
             return
         t0 = time.perf_counter()
         await self.board.set_state("reloading")
+        phases: dict[str, float] = {}
         try:
             local = await asyncio.to_thread(
-                materialize,
-                pv,
-                self.settings.weights_dir,
-                self.settings.learner_target,
-                client_auth(self.settings),
-            )
-            await self.model.swap(local)
+                materialize, pv, self.settings.weights_dir, self.settings.learner_target,
+                client_auth(self.settings), timings=phases,
+            )  # fmt: skip
+            await self.model.swap(local, phases)
         except EngineBroken as exc:
             self._failed(pv, exc.reason, str(exc))
             self._restarts.failed(_RESTART)  # the first restart waits too: what broke may need a moment
@@ -89,6 +89,8 @@ class Reloader:
         except Exception as exc:
             self._failed(pv, "engine", failure(exc))
         else:
+            for phase, seconds in phases.items():
+                self.metrics.reload_phase_seconds.labels(phase).observe(seconds)
             await self._serving(local, t0, keys, {local.path, served.path})
             log.info(
                 "policy reloaded",
@@ -102,6 +104,11 @@ class Reloader:
             extra={"version": pv.version, "cause": self.board.status.last_error},
         )
         await self.board.set_state("paused" if self.board.paused else "serving")
+
+    def take(self) -> float:
+        """Reload seconds since the last call (a batch's groups carry them)."""
+        seconds, self.reload_seconds = self.reload_seconds, 0.0
+        return seconds
 
     def _wanted(self, pv: bus_pb2.PolicyVersion) -> bool:
         # Past announcements refused and backing off, to the newest one worth trying: a refused one must
@@ -133,7 +140,9 @@ class Reloader:
         log.info("serving again after an engine restart", extra={"version": local.version})
 
     async def _serving(self, local: LocalVersion, t0: float, keys: JobKeys, keep: set[Path]) -> None:
-        self.metrics.reload_seconds.observe(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.metrics.reload_seconds.observe(seconds)
+        self.reload_seconds += seconds
         await self.board.served_now(local)
         await asyncio.to_thread(prune_fetched, self.settings.weights_dir, keys.job_id, keep)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from asympo.proto.v1 import bus_pb2
 from asympo.runtime.grpc_auth import client_auth
@@ -105,21 +106,28 @@ class ServedModel:
         )
         log.info("served weights verified", extra={"version": local.version, **measured})
 
-    async def swap(self, local: LocalVersion) -> None:
+    async def swap(self, local: LocalVersion, timings: dict[str, float] | None = None) -> None:
         """Load and verify `local` in place of the served version; on failure the previous one is put back.
 
         EngineBroken if the previous one cannot be put back either: the engine is then `broken`.
+        `timings` gets the seconds of its phases: load, check (head and probes), reset (prefix cache).
         """
+        timings = {} if timings is None else timings
         async with self.lock:
             previous = self.serving()
             try:
+                t0 = time.perf_counter()
                 await asyncio.to_thread(self.engine.load_weights, local.path)
+                t1 = time.perf_counter()
                 await self.check(local, previous)
+                timings.update(load=t1 - t0, check=time.perf_counter() - t1)
             except Exception as exc:
                 # Serving a half-loaded or stale model is worse than serving the verified previous one.
                 await self._restore(previous, local, exc)
                 raise
+            t2 = time.perf_counter()
             await asyncio.to_thread(self.engine.reset_prefix_cache)
+            timings["reset"] = time.perf_counter() - t2
             self.version = local
 
     async def _restore(self, previous: LocalVersion, local: LocalVersion, cause: Exception) -> None:

@@ -9,12 +9,23 @@ from functools import partial
 
 from asympo.runtime.telemetry import start_metrics_server
 
+from .engines import import_ahead
 from .metrics import RolloutMetrics
 from .pod import RolloutPod
 from .server import SERVICE_NAME, grpc_server
 from .settings import RolloutSettings
 
 log = logging.getLogger(__name__)
+
+
+def _log_imports(task: asyncio.Future) -> None:
+    if task.cancelled():
+        return
+    if task.exception() is not None:
+        log.warning("importing the engine ahead failed; it is imported when a job starts",
+                    extra={"cause": repr(task.exception())})  # fmt: skip
+    else:
+        log.info("engine library imported", extra={"seconds": round(task.result(), 2)})
 
 
 class RolloutService:
@@ -50,6 +61,9 @@ class RolloutService:
                 "metrics_port": metrics_server.port if metrics_server else None,
             },
         )
+        imports = asyncio.ensure_future(asyncio.to_thread(import_ahead, s.engine))
+        imports.add_done_callback(_log_imports)
+        self.pod.imports = imports
         pod_loop = asyncio.ensure_future(self.pod.run())
         stop = asyncio.ensure_future(self.pod.stopping.wait())
         try:

@@ -83,3 +83,49 @@ def test_real_model_benchmark(tmp_path, tiny_cache, tiny_model_path):
         result["generation"]["ratio_pod_to_direct"] > 0 and result["training"]["ratio_learner_to_plain"] > 0
     )
     assert (tmp_path / "real.png").stat().st_size > 5_000
+
+
+def test_peer_trl_benchmark(tmp_path, tiny_cache, tiny_model_path):
+    """TRL, the reference loop and the stack each train the tiny job 3 steps: equal samples, consistent figures."""
+    result = _run("peer_trl.py", "--steps", 3, "--model-cache", tiny_cache, out=tmp_path / "peer.json")
+    systems = result["systems"]
+    assert list(systems) == ["trl", "reference", "pipeline"]
+    assert result["samples_per_step"] == 128 and result["samples_per_run"] == 3 * 128
+    assert {f["samples"] for f in systems.values()} == {3 * 128}
+    for f in systems.values():
+        assert f["samples_per_s"] > 0 and f["samples_per_s"] == pytest.approx(
+            f["samples"] / f["wall_seconds"]
+        )
+        assert 0 <= f["initial_accuracy"] <= 1 and 0 <= f["final_accuracy"] <= 1
+    # Both in-process systems evaluate the same base model with the same code.
+    assert systems["trl"]["initial_accuracy"] == systems["reference"]["initial_accuracy"]
+    assert systems["trl"]["runs"]["0"]["optimizer_steps"] == 3
+    assert set(result["ratios"]) == {"pipeline/trl", "pipeline/reference", "reference/trl"}
+    for pair, ratio in result["ratios"].items():
+        a, b = pair.split("/")
+        assert ratio == pytest.approx(systems[a]["samples_per_s"] / systems[b]["samples_per_s"])
+    assert (tmp_path / "peer.png").stat().st_size > 5_000
+
+
+def test_weight_path_and_fanout_benchmarks(tmp_path):
+    """A 20 MB version through every path, then the fan-out model fed with it and a small loopback fetch."""
+    path = _run("weight_path.py", "--gb", 0.02, "--repeats", 1, out=tmp_path / "wp.json")
+    med = path["median_seconds"]
+    assert 10e6 < path["version_bytes"] < 40e6 and med["copy"] > 0 and med["reload_fetch"] > 0
+    assert tuple(med["publish_phases"]) == ("save", "hash", "probes", "fsync", "rename", "gc")
+    assert set(med["shared_phases"]) == set(med["fetch_phases"]) == {"fetch", "verify", "load"}
+    ratios = path["ratios_to_plain_copy"]
+    assert ratios["shared_store"] == pytest.approx((med["publish"] + med["reload_shared"]) / med["copy"])
+    assert path["goal"]["met"] == (ratios["shared_store"] <= 1.5)
+    assert (tmp_path / "wp.png").stat().st_size > 5_000
+    fanout = _run(
+        "weight_fanout.py", "--weight-path", tmp_path / "wp.json", "--fetchers", 1, 2, "--measure-mb", 8,
+        "--repeats", 1, out=tmp_path / "fanout.json",
+    )  # fmt: skip
+    assert set(fanout["inputs"]["loopback"]["fetchers"]) == {"1", "2"}
+    assert set(fanout["simulated"]) == {"25", "100", "200"}
+    for sim in fanout["simulated"].values():
+        methods = sim["methods"]
+        assert len(methods) == 4 and all(m["seconds"] > 0 for m in methods.values())
+        assert methods["learner fan-out (FetchWeights)"]["learner_egress_gb"] == pytest.approx(16 * 3.4)
+    assert (tmp_path / "fanout.png").stat().st_size > 5_000

@@ -11,11 +11,11 @@ from asympo.jobs.spec import TinyModelSpec
 from asympo.models.tiny import build_model, build_tokenizer
 from asympo.proto.v1 import learner_pb2, learner_pb2_grpc
 from asympo.runtime.grpc_server import GrpcServer
+from asympo.weights.integrity import hash_contents
 from asympo.weights.probes import compute_probes
 from asympo.weights.store import (
     MANIFEST,
     WeightsError,
-    directory_sha256,
     gc_versions,
     list_versions,
     local_path,
@@ -68,8 +68,9 @@ def test_probes_follow_the_weights(tmp_path, tiny):
 def test_digest_is_deterministic_and_sensitive(tmp_path, tiny):
     model, tok = tiny
     _, path = write_version(tmp_path, "j", 0, 0, model, tok)
-    digest, total, files = directory_sha256(path)
-    assert directory_sha256(path) == (digest, total, files) and MANIFEST not in files
+    contents = hash_contents(path)
+    assert hash_contents(path) == contents and MANIFEST not in contents.files
+    assert contents.digest == read_manifest(path).sha256 and contents.bytes == read_manifest(path).bytes
     flip_byte(path / "model.safetensors")
     with pytest.raises(WeightsError, match="model.safetensors is corrupt"):
         verify_version(path)
@@ -145,14 +146,14 @@ class _Evil(learner_pb2_grpc.LearnerServiceServicer):
 
 
 class _Truncating(_Learner):
-    """Streams a stored version but leaves out the last chunk of the weights file."""
+    """Streams a stored version but cuts the last chunk of the weights file in half."""
 
     async def FetchWeights(self, request, context):
         chunks = [c async for c in fetch_weights_rpc(request, context, self.store, serving="j")]
         last = max(i for i, c in enumerate(chunks) if c.path == "model.safetensors")
-        for i, chunk in enumerate(chunks):
-            if i != last:
-                yield chunk
+        chunks[last].data = chunks[last].data[: len(chunks[last].data) // 2]
+        for chunk in chunks:
+            yield chunk
 
 
 def _serve(servicer, fn):
@@ -183,13 +184,19 @@ def test_fetch_over_grpc(tmp_path, tiny):
         _serve(_Learner(store), lambda t: fetch_version(t, "j", 9, dest))
     with pytest.raises(WeightsError, match=r"model.safetensors: announced \d+ bytes, received \d+"):
         _serve(_Truncating(store), lambda t: fetch_version(t, "j", 2, tmp_path / "pod4"))
+    # The learner trusts its own store and sends the flipped byte; the pod hashing the stream refuses it.
     flip_byte(path / "model.safetensors")
-    with pytest.raises(WeightsError, match="DATA_LOSS"):
+    with pytest.raises(WeightsError, match="model.safetensors is corrupt"):
         _serve(_Learner(store), lambda t: fetch_version(t, "j", 2, tmp_path / "pod2"))
+    # A file whose size is not the manifest's is refused by the learner itself.
+    with (path / "tokenizer.json").open("ab") as fh:
+        fh.write(b" ")
+    with pytest.raises(WeightsError, match="DATA_LOSS.*tokenizer.json is corrupt"):
+        _serve(_Learner(store), lambda t: fetch_version(t, "j", 2, tmp_path / "pod5"))
     with pytest.raises(WeightsError, match="refusing chunk path"):
         _serve(_Evil(), lambda t: fetch_version(t, "j", 2, tmp_path / "pod3"))
     assert not (tmp_path / "escape.txt").exists()
-    for root in (tmp_path / "pod2", tmp_path / "pod3", tmp_path / "pod4"):
+    for root in (tmp_path / "pod2", tmp_path / "pod3", tmp_path / "pod4", tmp_path / "pod5"):
         assert not [p for p in (root / "j").iterdir()], "partial download left behind"
 
 
@@ -202,4 +209,6 @@ def test_manifest_is_json(tmp_path, tiny):
     model, tok = tiny
     _, path = write_version(tmp_path, "j", 0, 0, model, tok)
     data = json.loads((path / MANIFEST).read_text())
-    assert {"job_id", "version", "step", "sha256", "bytes", "files", "probes", "created_at"} <= set(data)
+    assert {"job_id", "version", "step", "digest", "algorithm", "bytes", "files", "sizes", "probes",
+            "created_at"} <= set(data)  # fmt: skip
+    assert data["algorithm"] == "blake3" and data["sizes"]["model.safetensors"] > 0

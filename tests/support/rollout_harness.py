@@ -52,10 +52,12 @@ class Learner:
                 probe["logprobs"] = [lp - 0.5 for lp in probe["logprobs"]]
             (path / MANIFEST).write_text(json.dumps(manifest))
         if corrupt:
+            # Cut short, as by a full disk: a pod reading the store in place trusts the content the
+            # learner hashed, but sees the size differ from the manifest's (a same-size flip needs
+            # full verification: tests/integration/test_weight_trust.py).
             weights = path / "model.safetensors"
-            data = bytearray(weights.read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            weights.write_bytes(bytes(data))
+            data = weights.read_bytes()
+            weights.write_bytes(data[: len(data) // 2])
         self._run(publish(self._client(), self.keys.policy, [pv]))
         return path
 

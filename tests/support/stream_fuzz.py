@@ -50,9 +50,11 @@ def _text(field: FieldDescriptor, job_id: str) -> st.SearchStrategy[str]:
     if field.name == "job_id":
         # Mostly the right job, so that the checks behind the job check are reached too.
         return st.sampled_from([job_id, job_id, job_id, "", "other-job", job_id + "x"])
-    long = st.tuples(st.characters(), st.integers(1_000, 20_000)).map(lambda t: t[0] * t[1])
+    # Protobuf strings are UTF-8: a lone surrogate cannot even be put into a message.
+    chars = st.characters(codec="utf-8")
+    long = st.tuples(chars, st.integers(1_000, 20_000)).map(lambda t: t[0] * t[1])
     words = st.sampled_from(WORDS.get(field.name, ["x"]))
-    return st.one_of(st.text(min_size=1, max_size=30), long, words, words)
+    return st.one_of(st.text(chars, min_size=1, max_size=30), long, words, words)
 
 
 def _scalar(field: FieldDescriptor, job_id: str) -> st.SearchStrategy:

@@ -55,3 +55,14 @@ def test_unknown_benchmark(tmp_path):
 def test_status_of_a_stack_that_never_ran(tmp_path):
     out = runner.invoke(app, ["--home", str(tmp_path), "status", "--json"])
     assert out.exit_code == 0 and '"processes": {}' in out.output
+
+
+def test_cpus_option_parses_lists_and_ranges_and_names_bad_items():
+    import pytest
+
+    from asympo.cli.cpu_pinning import parse_cpus
+
+    assert parse_cpus(["rollout=0", "learner=1,3-4"]) == {"rollout": {0}, "learner": {1, 3, 4}}
+    for bad in ("pods=0", "learner=", "learner=a", "learner"):
+        with pytest.raises(ValueError, match="--cpus"):
+            parse_cpus([bad])

@@ -38,3 +38,24 @@ def test_summary_figures():
 def test_report_files(tmp_path):
     write_report(JOB, records(), [], tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"summary.json", "steps.json", "curves.png"}
+
+
+def test_timeline_medians_split_critical_path_background_and_pods():
+    def step(i, train, wait, save):
+        return {"step": i, "time": 100.0 + i, "seconds": wait + train + 0.01, "prompt_ids": ["p"],
+                "timeline": {"learner": {"wait_groups": wait, "train": train, "save": save, "announce": 0.001},
+                             "pods": {"generate": 0.05 * i, "score": 0.01}}}  # fmt: skip
+
+    # Step 1 also waited for the pods' engines to start: it is left out of the steady state.
+    steps = [
+        step(1, 0.5, 9.0, 0.2),
+        step(2, 0.1, 0.0, 0.02),
+        step(3, 0.2, 0.02, 0.04),
+        step(4, 0.3, 0.01, 0.03),
+    ]
+    medians = summarize(JOB, steps)["timeline_medians"]
+    assert medians["critical"]["train"] == pytest.approx(0.2)
+    assert medians["critical"]["wait_groups"] == pytest.approx(0.01)
+    assert medians["critical"]["other"] == pytest.approx(0.23 - 0.2 - 0.01)  # median seconds minus phases
+    assert medians["background"] == pytest.approx({"save": 0.03, "announce": 0.001})
+    assert medians["pods"] == pytest.approx({"generate": 0.15, "score": 0.01})

@@ -17,7 +17,7 @@ BUS_CONTRACT = {
     "Completion": {
         "token_ids": 1, "text": 2, "reward": 3, "finish_reason": 4, "reward_status": 5, "behavior_logprobs": 6,
     },
-    "Timings": {"queued_s": 1, "generate_s": 2, "score_s": 3},
+    "Timings": {"queued_s": 1, "generate_s": 2, "score_s": 3, "reload_s": 4, "publish_s": 5},
     "ScoredGroup": {
         "job_id": 1, "prompt_id": 2, "prompt_token_ids": 3, "completions": 4, "gen_version_start": 5,
         "gen_version_end": 6, "pod": 7, "timings": 8,

@@ -59,14 +59,18 @@ class Completion(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., reward: _Optional[float] = ..., finish_reason: _Optional[str] = ..., reward_status: _Optional[str] = ..., behavior_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queued_s", "generate_s", "score_s")
+    __slots__ = ("queued_s", "generate_s", "score_s", "reload_s", "publish_s")
     QUEUED_S_FIELD_NUMBER: _ClassVar[int]
     GENERATE_S_FIELD_NUMBER: _ClassVar[int]
     SCORE_S_FIELD_NUMBER: _ClassVar[int]
+    RELOAD_S_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_S_FIELD_NUMBER: _ClassVar[int]
     queued_s: float
     generate_s: float
     score_s: float
-    def __init__(self, queued_s: _Optional[float] = ..., generate_s: _Optional[float] = ..., score_s: _Optional[float] = ...) -> None: ...
+    reload_s: float
+    publish_s: float
+    def __init__(self, queued_s: _Optional[float] = ..., generate_s: _Optional[float] = ..., score_s: _Optional[float] = ..., reload_s: _Optional[float] = ..., publish_s: _Optional[float] = ...) -> None: ...
 
 class ScoredGroup(_message.Message):
     __slots__ = ("job_id", "prompt_id", "prompt_token_ids", "completions", "gen_version_start", "gen_version_end", "pod", "timings")

@@ -1,0 +1,125 @@
+"""Asynchrony on separate cores: the pipeline's samples/s at max_staleness 0, 2 and 4, in one run.
+
+Rollout (the vLLM pod and the reward service) is pinned to some CPUs and the learner to the others
+(`asympo up --cpus`), as generation and training run on separate GPU pools in a cluster; Redis and the
+gateway run wherever the OS puts them. At `max_staleness: 0` the two sides take turns: no prompt of a
+step is dispatched before the previous step's version is out, so the pod idles while the learner
+trains and the learner idles while the pod generates. A staleness bound of k lets the pod generate up to
+k versions ahead, so both sides work at once. The same job runs at each bound, one after the other, in
+one stack per bound (fresh Redis and pods, nothing carried over).
+
+Throughput is measured over the steps (first step to last), so the engines' start-up, paid once per
+job, does not blur the comparison; the job's own summary figure (from its step-0 record) is kept too.
+
+    python benchmarks/disjoint_cores.py [--job examples/jobs/arith-tiny.yaml] [--steps 120]
+        [--staleness 0,2,4] [--rollout-cpus 0] [--learner-cpus 1] [--out benchmarks/results/disjoint_cores.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_io import machine, write_result  # noqa: E402
+from stack_job import REPO, asympo_cli, run_to_end  # noqa: E402
+
+from asympo.cli.client import GatewayClient  # noqa: E402
+from asympo.cli.local_stack import LocalStack, StackConfig  # noqa: E402
+from asympo.jobs.spec import JobSpec  # noqa: E402
+from asympo.runtime.ports import free_port  # noqa: E402
+
+
+def steady_samples_per_s(records: list[dict]) -> tuple[float, float]:
+    """(samples/s, seconds per step) from the first trained step's record to the last one's."""
+    steps = [r for r in records if r.get("prompt_ids") is not None and not r.get("final")]
+    span = steps[-1]["time"] - steps[0]["time"]
+    responses = sum(r["responses"] for r in steps[1:])
+    return responses / span, span / (len(steps) - 1)
+
+
+def run_one(spec, staleness: int, args, work: Path) -> dict:
+    """The job at one staleness bound in a fresh pinned stack."""
+    home = work / f"home-s{staleness}"
+    spec = spec.model_copy(deep=True)
+    spec.algorithm.max_staleness = staleness
+    up = ["up", "--gateway-port", str(free_port()), "--engine", args.engine]
+    for service, cpus in (("rollout", args.rollout_cpus), ("reward", args.rollout_cpus),
+                          ("learner", args.learner_cpus)):  # fmt: skip
+        up += ["--cpus", f"{service}={cpus}"]
+    asympo_cli(home, *up, cache=args.cache)
+    try:
+        stack = LocalStack(StackConfig(home=home))
+        client = GatewayClient(stack.gateway_url(), (home / "api-token").read_text().strip())
+        try:
+            job, records, summary = run_to_end(client, spec, poll_s=5.0)
+        finally:
+            client.close()
+    finally:
+        asympo_cli(home, "down")
+    per_s, step_s = steady_samples_per_s(records)
+    hist = summary["staleness_histogram"]
+    print(f"max_staleness {staleness}: {per_s:.0f} samples/s over the steps, {step_s * 1000:.0f} ms/step, "
+          f"staleness {hist}", file=sys.stderr)  # fmt: skip
+    return {
+        "max_staleness": staleness,
+        "samples_per_s": per_s,
+        "seconds_per_step": step_s,
+        "job_samples_per_s": summary["samples_per_s"],
+        "final_accuracy": summary["final_accuracy"],
+        "staleness_histogram": hist,
+        "timeline_medians": summary.get("timeline_medians"),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the job at every staleness bound on pinned cores; write and return the result."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--job", default=str(REPO / "examples/jobs/arith-tiny.yaml"))
+    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--staleness", default="0,2,4")
+    p.add_argument("--rollout-cpus", default="0")
+    p.add_argument("--learner-cpus", default="1")
+    p.add_argument("--engine", default="auto")
+    p.add_argument(
+        "--cache", type=Path, default=None, help="model cache shared by the runs (default: a temp dir)"
+    )
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/disjoint_cores.json")
+    args = p.parse_args(argv)
+    spec = JobSpec.load(args.job)
+    spec.algorithm.steps = args.steps
+    spec.eval.every = args.steps  # only before and after: evaluation is pod work neither bound is about
+    bounds = [int(k) for k in args.staleness.split(",")]
+    with tempfile.TemporaryDirectory(prefix="asympo-disjoint-") as tmp:
+        work = Path(tmp)
+        args.cache = args.cache or work / "cache"
+        runs = [run_one(spec, k, args, work) for k in bounds]
+    base = runs[0]["samples_per_s"]
+    result = {
+        "benchmark": "disjoint_cores",
+        "command": " ".join(
+            ["python", "benchmarks/disjoint_cores.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "machine": machine(affinity=sorted(os.sched_getaffinity(0))),
+        "job": spec.name,
+        "steps": args.steps,
+        "rollout_cpus": args.rollout_cpus,
+        "learner_cpus": args.learner_cpus,
+        "runs": runs,
+        "speedup_vs_first": {str(r["max_staleness"]): r["samples_per_s"] / base for r in runs},
+        "median_seconds_per_step": statistics.median(r["seconds_per_step"] for r in runs),
+    }
+    write_result(result, args.out)
+    print(
+        " ".join(f"staleness {k}: ×{v:.2f}" for k, v in result["speedup_vs_first"].items()), file=sys.stderr
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
