@@ -41,11 +41,19 @@ def compute_probes(model, tokenizer, texts: Sequence[str] | None = None) -> list
     model.eval()
     device = next(model.parameters()).device
     probes = []
-    with torch.no_grad():
-        for ids, p in probe_token_ids(tokenizer, texts):
-            x = torch.tensor([ids], device=device)
-            logits = model(input_ids=x).logits[0]
-            lps = token_logprobs(logits[p - 1 : -1], x[0, p:]).tolist()
+    sequences = probe_token_ids(tokenizer, texts)
+    if sequences:
+        # One padded forward for all of them: the learner pays this on every version it publishes.
+        width = max(len(ids) for ids, _ in sequences)
+        x = torch.zeros((len(sequences), width), dtype=torch.long, device=device)
+        mask = torch.zeros_like(x)
+        for row, (ids, _) in enumerate(sequences):
+            x[row, : len(ids)] = torch.tensor(ids, device=device)
+            mask[row, : len(ids)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=x, attention_mask=mask).logits.float()
+        for row, (ids, p) in enumerate(sequences):
+            lps = token_logprobs(logits[row, p - 1 : len(ids) - 1], x[row, p : len(ids)]).tolist()
             probes.append(Probe(ids, p, lps))
     model.train(was_training)
     return probes

@@ -77,6 +77,7 @@ def write_version(
     grace_s: float = 0.0,
     fence_token: int | None = None,
     timings: dict[str, float] | None = None,
+    collect: bool = True,
 ) -> tuple[bus_pb2.PolicyVersion, Path]:
     """Write a version atomically and return its PolicyVersion and directory; older versions beyond `keep` go.
 
@@ -85,7 +86,8 @@ def write_version(
     An existing directory of the same number is refused unless it holds the same weights, or `replace`
     says it was never announced (a crashed attempt's leftover). With `fence_token`, nothing is renamed
     once a newer learner has claimed the job's directory (asympo.runtime.fence_file). Older versions go
-    as gc_versions says.
+    as gc_versions says; `collect=False` leaves that to a later call (a writer publishing many versions
+    a second need not list the store every time).
 
     The probes (a forward pass) run on a thread from the start, and the files' writeback on another once
     they are saved: the CPU serializes and hashes while the model computes and the disk drains.
@@ -126,8 +128,11 @@ def write_version(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     with timed(timings, "gc"):
-        gc_versions(store, job_id, keep, protect={version}, grace_s=grace_s)
-        sweep_leftovers(store, job_id)  # a predecessor on another machine may have left some, idle only now
+        if collect:
+            gc_versions(store, job_id, keep, protect={version}, grace_s=grace_s)
+            sweep_leftovers(
+                store, job_id
+            )  # a predecessor on another machine may have left some, idle only now
     return _announcement(target, manifest), target
 
 

@@ -44,6 +44,7 @@ from .step_records import StepRecords
 log = logging.getLogger(__name__)
 
 POLICY_MAXLEN = 10_000
+GC_INTERVAL_S = 1.0
 
 
 def _rank_of(consumer: str) -> int | None:
@@ -64,6 +65,7 @@ class VersionCommits:
         self.ckpt_dir = Path(ctx.settings.checkpoint_dir) / ctx.job_id
         # Versions announced by steps a roll-back undid (their evaluations no longer matter).
         self.superseded: set[int] = set()
+        self._collected = -GC_INTERVAL_S  # when old versions were last collected (monotonic)
 
     async def resume_or_start(self) -> None:
         """Restore the newest checkpoint and roll back what followed it, or publish version 0."""
@@ -211,11 +213,18 @@ class VersionCommits:
             self.policy.publisher.load_state_dict(state)
             timings["load"] = time.perf_counter() - t0
             # Numbers above the newest announced one are free: a directory there is a crashed attempt's.
+            # Old versions go at most once a second: listing a store that holds a grace period's worth of
+            # versions cost a fast job's learner ~5 ms on every publish.
+            collect = (
+                time.monotonic() - self._collected >= GC_INTERVAL_S or step >= self.ctx.spec.algorithm.steps
+            )
             pv, _ = write_version(
                 s.weight_store, self.ctx.job_id, version, step, self.policy.publisher, self.policy.tokenizer,
                 keep=s.keep_versions, replace=True, grace_s=s.version_grace_s, fence_token=self.ctx.fence_token,
-                timings=timings,
+                timings=timings, collect=collect,
             )  # fmt: skip
+            if collect:
+                self._collected = time.monotonic()
             return pv
 
         return await asyncio.to_thread(write)

@@ -18,6 +18,7 @@ import logging
 import signal
 from pathlib import Path
 
+import torch
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from transformers.utils import logging as transformers_logging
@@ -60,6 +61,8 @@ class LearnerService:
         s = self.settings
         # A progress bar per published version would drown the JSON logs.
         transformers_logging.disable_progress_bar()
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
         world = await asyncio.to_thread(D.init_world, s.device)
         redis = connect(s.redis_url)
         loop = asyncio.get_running_loop()

@@ -35,6 +35,10 @@ class LearnerSettings(GrpcSecuritySettings):
     micro_batch_tokens: int = Field(
         1024, ge=1, description="at most this many padded tokens per forward/backward pass (one row at least)"
     )
+    torch_threads: int = Field(
+        0, ge=0, le=1024,
+        description="torch's CPU threads for training; 0 = torch's default (every CPU this process may use)",
+    )  # fmt: skip
     keep_versions: int = Field(3, ge=1, description="published versions kept in the weight store")
     version_grace_s: float = Field(
         30.0, ge=0, description="a superseded version is kept this long, for pods still loading it"

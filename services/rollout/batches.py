@@ -109,7 +109,7 @@ class BatchProcessor:
 
         t1 = time.perf_counter()
         try:
-            rewards = await asyncio.gather(*(self._score(t, g) for t, g in zip(tasks, groups)))
+            rewards = await self._score_all(tasks, groups)
         except RewardServiceError as exc:
             # Leave the tasks un-ACKed: they are reclaimed (by a peer or this pod) once idle, by then
             # hopefully with a reward service back.
@@ -157,8 +157,23 @@ class BatchProcessor:
             ids, task.group_size, task.sampling, seed=task.sampling.seed, logprobs=grpo, unset_temperature=1.0
         )
 
-    async def _score(self, task: bus_pb2.PromptTask, group: list[GenSample]):
-        verifier = task.verifier or (self.job.spec.verifier if self.job else "exact")
-        return await self.reward.score(
-            verifier, [s.text for s in group], [task.reference] * len(group), self.settings.reward_deadline_s
-        )
+    async def _score_all(self, tasks: list[bus_pb2.PromptTask], groups: list[list[GenSample]]) -> list[list]:
+        """Every group's rewards, in one reward-service call per verifier (the client splits at its caps)."""
+        # One call per group cost a round trip and a pool dispatch each: ~15 ms of a 16-group batch.
+        by_verifier: dict[str, list[int]] = {}
+        for i, task in enumerate(tasks):
+            verifier = task.verifier or (self.job.spec.verifier if self.job else "exact")
+            by_verifier.setdefault(verifier, []).append(i)
+
+        async def score(verifier: str, indices: list[int]) -> list:
+            texts = [s.text for i in indices for s in groups[i]]
+            references = [tasks[i].reference for i in indices for _ in groups[i]]
+            return await self.reward.score(verifier, texts, references, self.settings.reward_deadline_s)
+
+        flat = await asyncio.gather(*(score(v, idx) for v, idx in by_verifier.items()))
+        rewards: list[list] = [[] for _ in tasks]
+        for indices, results in zip(by_verifier.values(), flat):
+            it = iter(results)
+            for i in indices:
+                rewards[i] = [next(it) for _ in groups[i]]
+        return rewards

@@ -94,8 +94,9 @@ class Reloader:
             await self._serving(local, t0, keys, {local.path, served.path})
             log.info(
                 "policy reloaded",
-                extra={"version": local.version, "seconds": round(time.perf_counter() - t0, 3)},
-            )
+                extra={"version": local.version, "seconds": round(time.perf_counter() - t0, 3),
+                       **{f"{k}_s": round(v, 4) for k, v in phases.items()}},
+            )  # fmt: skip
             return
         # Still retried with backoff: a version refused for a passing cause (learner unreachable) loads later.
         await self.policy.refuse(keys, pv, self.board.status.last_error or "reload failed")
