@@ -9,12 +9,16 @@ received it whole (store and forward per chunk, so relays pipeline). Topologies:
   its gRPC server's capacity is shared by N streams);
 - chain: learner -> pod 1 -> pod 2 -> ... (each NIC carries one copy out);
 - tree: a binary tree rooted at the learner (each interior NIC carries two copies out);
+- doubling: whole-version store and forward, what services/rollout implements: a pod passes on only a
+  copy it holds complete, so in each round every holder (the learner included) sends the whole version
+  to one pod that lacks it, and the holders double: 1 -> 2 -> 4 -> ... (ceil(log2(N + 1)) rounds);
 - NCCL broadcast: the analytic time of a pipelined ring broadcast, S / (efficiency * nic) plus the fill
   of N hops of one chunk, straight into GPU memory (no gRPC, no disk, no hashing).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -59,6 +63,12 @@ def binary_tree(n: int) -> dict[int, list[int]]:
     return {i: [k for k in (2 * i + 1, 2 * i + 2) if k <= n] for i in range(n + 1)}
 
 
+def doubling(n: int) -> dict[int, list[int]]:
+    """Round k (from 0): every holder i < 2**k sends to i + 2**k, so node i's children come in round order."""
+    rounds = max(1, math.ceil(math.log2(n + 1)))
+    return {i: [i + 2**k for k in range(rounds) if 2**k > i and i + 2**k <= n] for i in range(n + 1)}
+
+
 def fan_out(n: int) -> dict[int, list[int]]:
     """The learner sends to every pod."""
     return {0: list(range(1, n + 1))}
@@ -78,12 +88,18 @@ def distribute(size: float, pods: int, chunk: float, r: Rates) -> dict[str, dict
     line = pipelined(chain(pods), pods + 1, chunks, dict.fromkeys(range(pods + 1), chunk / relay_rate))
     # An interior tree node sends each chunk twice over one NIC: one child at a time, at the full rate.
     tree = pipelined(binary_tree(pods), pods + 1, chunks, dict.fromkeys(range(pods + 1), chunk / relay_rate))
+    # Whole copies: one "chunk" the size of the version, sent by each holder to one pod at a time.
+    rounds = doubling(pods)
+    whole = pipelined(rounds, pods + 1, 1, dict.fromkeys(range(pods + 1), size / relay_rate))
     nccl_rate = r.nccl_efficiency * r.nic
     nccl = size / nccl_rate + pods * chunk / nccl_rate
     return {
         "learner fan-out (FetchWeights)": _parts(publish, max(star[1:]), load, pods * gb),
         "peer relay, chain": _parts(publish, max(line[1:]), load, gb),
         "peer relay, binary tree": _parts(publish, max(tree[1:]), load, gb),
+        "peer relay, doubling (whole copies; implemented)": _parts(
+            publish, max(whole[1:]), load, len(rounds[0]) * gb
+        ),
         "NCCL broadcast (GPU only)": _parts(0.0, nccl, 0.0, gb),
     }
 

@@ -14,6 +14,7 @@ broadcast at an assumed 85% of the NIC's bandwidth.
 
     python benchmarks/weight_fanout.py [--pods 16] [--gb 3.4] [--nics 25 100 200] [--fetchers 1 4 16]
         [--measure-mb 256] [--weight-path benchmarks/results/weight_path.json] [--out benchmarks/results/weight_fanout.json]
+        [--loopback-from benchmarks/results/weight_fanout.json]   # reuse a run's loopback measurements
 """
 
 from __future__ import annotations
@@ -142,10 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-path", type=Path, default=REPO / "benchmarks/results/weight_path.json")
     p.add_argument("--tmp", type=Path, default=None)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/weight_fanout.json")
+    p.add_argument(
+        "--loopback-from", type=Path, default=None,
+        help="take the loopback measurements from this earlier result instead of measuring again",
+    )  # fmt: skip
     args = p.parse_args(argv)
     weight_path = json.loads(args.weight_path.read_text())
     measured = None
-    if args.fetchers:
+    if args.loopback_from:
+        measured = json.loads(args.loopback_from.read_text())["inputs"]["loopback"]
+        measured = {**measured, "from": str(args.loopback_from)}
+    elif args.fetchers:
         with tempfile.TemporaryDirectory(dir=args.tmp, prefix="weight-fanout-") as tmp:
             measured = asyncio.run(loopback(Path(tmp), args.measure_mb, args.fetchers, args.repeats))
     simulated, winners = {}, {}

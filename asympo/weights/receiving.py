@@ -27,8 +27,10 @@ def safe_relative(rel: str) -> Path:
 class VersionReceiver:
     """Writes a FetchWeights stream under `root` and checks it: `take` each chunk, then `finish`, always `close`."""
 
-    def __init__(self, root: Path, expected: str | None = None, algorithm: str = ALGORITHM):
-        self.root, self.expected, self.algorithm = Path(root), expected, algorithm
+    def __init__(
+        self, root: Path, expected: str | None = None, algorithm: str = ALGORITHM, source: str = "the learner"
+    ):
+        self.root, self.expected, self.algorithm, self.source = Path(root), expected, algorithm, source
         self.received: dict[str, int] = {}
         self.announced: dict[str, int] = {}
         self._handles = {}
@@ -40,7 +42,7 @@ class VersionReceiver:
         name = rel.as_posix()  # "./x" and "x" are one file: the offset check catches a second start
         if self.expected and chunk.sha256 and chunk.sha256 != self.expected:
             raise WeightsError(
-                f"the learner sends version digest {chunk.sha256[:12]}…, not the announced "
+                f"{self.source} sends version digest {chunk.sha256[:12]}…, not the announced "
                 f"{self.expected[:12]}… (a different version?)"
             )
         written = self.received.get(name, 0)

@@ -47,6 +47,13 @@ POLICY_MAXLEN = 10_000
 GC_INTERVAL_S = 1.0
 
 
+def _finite_copy(model) -> tuple[dict, bool]:
+    """A CPU copy of the module's state dict, and whether every floating-point tensor in it is finite."""
+    with torch.no_grad():
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return state, all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
+
+
 def _rank_of(consumer: str) -> int | None:
     return int(consumer[4:]) if consumer.startswith("rank") and consumer[4:].isdigit() else None
 
@@ -197,6 +204,16 @@ class VersionCommits:
         """All ranks: refuse non-finite weights, then gather the full state dict (on CPU; rank 0 keeps it)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+        model = self.policy.model
+        if self.ctx.world.size == 1 and not hasattr(next(model.parameters()), "to_local"):
+            # A plain module on one rank: its copied state dict is the full one, checked in the same pass
+            # (the distributed helpers cost a small model's step ~2 ms more on the learner's core).
+            state, finite = await asyncio.to_thread(_finite_copy, model)
+            if not finite:
+                raise JobFailure(
+                    f"the weights after step {self.ctx.progress.step} hold NaN or inf; refusing to publish them"
+                )
+            return state
         await self._refuse_nonfinite()
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = await asyncio.to_thread(get_model_state_dict, self.policy.model, options=options)

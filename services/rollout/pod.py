@@ -30,6 +30,7 @@ from .engines import EngineError
 from .entry_checks import control_problem
 from .evaluation import evaluate
 from .metrics import RolloutMetrics
+from .peers import peers_holding
 from .policy import fetched_jobs, prune_fetched
 from .reloading import Reloader
 from .served import ServedModel
@@ -65,7 +66,9 @@ class RolloutPod:
         self.reward = AsyncRewardClient(
             self.settings.reward_target, parallelism=4, auth=client_auth(self.settings)
         )
-        self.board = StatusBoard(self.redis, self.metrics, self.rate, self.health)
+        self.board = StatusBoard(
+            self.redis, self.metrics, self.rate, self.health, advertise=self.settings.advertise_address
+        )
         self.reloader = Reloader(self.settings, self.redis, self.model, self.board, self.metrics)
         self.batches = BatchProcessor(
             self.settings, self.model, self.reward, self.board, self.metrics, self.pause
@@ -202,7 +205,7 @@ class RolloutPod:
 
     async def _start_engine(self, pv: bus_pb2.PolicyVersion) -> None:
         t0 = time.perf_counter()
-        local = await self.model.start(pv)
+        local = await self.model.start(pv, await peers_holding(self.redis, pv, self.settings.pod))
         self.board.status.engine = self.model.engine.name
         await self.board.served_now(local)
         self.metrics.reload_seconds.observe(time.perf_counter() - t0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +21,15 @@ from asympo.weights.store import (
     verify_version,
 )
 from asympo.weights.timings import timed
-from asympo.weights.transfer import fetch_version
+from asympo.weights.transfer import FETCHED_MARK, fetch_version
+
+from .peers import choose_peer
 
 log = logging.getLogger(__name__)
 
-# Marks a job directory of --weights-dir as this pod's fetched copies: only marked directories are ever
-# pruned, so a --weights-dir pointed at the shared store by mistake loses nothing.
-FETCHED_MARK = ".asympo-fetched"
+# FETCHED_MARK marks a job directory of --weights-dir as this pod's fetched copies: only marked
+# directories are ever pruned (or served to peers), so a --weights-dir pointed at the shared store by
+# mistake loses nothing.
 
 
 class ReloadRefused(RuntimeError):
@@ -47,6 +49,8 @@ class LocalVersion:
     path: Path
     manifest: VersionManifest
     fetched: bool = False  # streamed into --weights-dir (else read in place from the shared store)
+    source: str = "store"  # store (read in place), learner or peer: who sent the bytes
+    source_target: str = ""  # host:port of the learner or peer pod that sent them
 
 
 def materialize(
@@ -57,35 +61,44 @@ def materialize(
     *,
     full_verify: bool = False,
     timings: dict[str, float] | None = None,
+    peers: Sequence[str] | None = None,
+    pod: str = "",
 ) -> LocalVersion:
-    """The version's checked directory: the shared path of its URI if mounted here, else fetched from the learner.
+    """The version's checked directory: the shared path of its URI if mounted here, else fetched from a
+    peer pod that holds it, else (or if the peer fails) from the learner.
 
     In place, the manifest is trusted (asympo.weights.integrity.check_version: its digest is the
     announced one and every file has its size; the store is written by the learner alone); `full_verify`
-    hashes every file instead. Fetched, the bytes are hashed as they arrive. `timings` receives
-    "fetch" (0 in place; streaming, writing and hashing when fetched) and "verify" (the check in place;
-    reading the received manifest when fetched). Blocking: run it in a thread.
+    hashes every file instead. Fetched, the bytes are hashed as they arrive, whoever sends them.
+    `peers`: host:port of pods advertising a complete copy of this version (services.rollout.peers);
+    one is chosen by `pod` (this pod's name) and the version, and a stream it cannot or will not send
+    whole and right is replaced by one fetch from the learner. `timings` receives "fetch" (0 in place;
+    streaming, writing and hashing when fetched) and "verify" (the check in place; reading the received
+    manifest when fetched). Blocking: run it in a thread.
     """
-    path, fetched = local_path(pv.uri), False
+    path, source, target = local_path(pv.uri), "store", ""
     try:
         with timed(timings, "fetch"):
             if path is None:
-                path = _fetch(pv, weights_dir, learner_target, auth)
-                fetched = True
+                path, source, target = _fetch(pv, weights_dir, learner_target, auth, peers, pod)
         with timed(timings, "verify"):
             if full_verify:
                 manifest = verify_version(path, pv.sha256)
-            elif fetched:
+            elif source != "store":
                 manifest = read_manifest(path)  # fetch_version checked it against pv.sha256
             else:
                 manifest = check_version(path, pv.sha256)
     except WeightsError as exc:
         raise ReloadRefused("verify", f"version {pv.version} refused: {exc}") from exc
-    return LocalVersion(pv.version, pv.sha256, Path(path), manifest, fetched)
+    fetched = source != "store"
+    return LocalVersion(pv.version, pv.sha256, Path(path), manifest, fetched, source, target)
 
 
-def _fetch(pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: str | None, auth) -> Path:
-    if not learner_target:
+def _fetch(
+    pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: str | None, auth, peers, pod: str
+) -> tuple[Path, str, str]:
+    peer = choose_peer(peers, pod, pv.version)
+    if not learner_target and peer is None:
         raise ReloadRefused(
             "unreachable",
             f"version {pv.version} lives at {pv.uri}, which is not mounted here, and no learner_target "
@@ -97,9 +110,27 @@ def _fetch(pv: bus_pb2.PolicyVersion, weights_dir: Path, learner_target: str | N
     sweep_dir(dest.parent)  # partial downloads of a killed predecessor
     if dest.exists():
         shutil.rmtree(dest)  # a leftover of an earlier, failed attempt
-    return fetch_version(
+    if peer is not None:
+        try:
+            path = fetch_version(
+                peer, pv.job_id, pv.version, weights_dir, expected_sha256=pv.sha256, auth=auth, from_peer=True
+            )
+        except WeightsError as exc:
+            if not learner_target:
+                raise
+            # A peer down, pruning the copy, or sending bytes that fail the hash: the learner has it.
+            log.warning(
+                "fetch from a peer failed; fetching from the learner",
+                extra={"version": pv.version, "peer": peer, "cause": str(exc)},
+            )
+        else:
+            log.info("version fetched", extra={"version": pv.version, "source": "peer", "from": peer})
+            return path, "peer", peer
+    path = fetch_version(
         learner_target, pv.job_id, pv.version, weights_dir, expected_sha256=pv.sha256, auth=auth
     )
+    log.info("version fetched", extra={"version": pv.version, "source": "learner", "from": learner_target})
+    return path, "learner", learner_target
 
 
 def prune_fetched(weights_dir: Path, job_id: str, keep: set[Path] = frozenset()) -> None:

@@ -13,6 +13,7 @@ from asympo.proto.v1 import bus_pb2
 from asympo.runtime.grpc_auth import client_auth
 
 from .metrics import RolloutMetrics
+from .peers import peers_holding
 from .policy import LocalVersion, ReloadRefused, RetryGate, materialize, prune_fetched
 from .served import EngineBroken, ServedModel, failure
 from .settings import RolloutSettings
@@ -68,10 +69,11 @@ class Reloader:
         t0 = time.perf_counter()
         await self.board.set_state("reloading")
         phases: dict[str, float] = {}
+        peers = await peers_holding(self.redis, pv, self.settings.pod)
         try:
             local = await asyncio.to_thread(
                 materialize, pv, self.settings.weights_dir, self.settings.learner_target,
-                client_auth(self.settings), timings=phases,
+                client_auth(self.settings), timings=phases, peers=peers, pod=self.settings.pod,
             )  # fmt: skip
             await self.model.swap(local, phases)
         except EngineBroken as exc:
@@ -124,7 +126,7 @@ class Reloader:
             return
         t0 = time.perf_counter()
         try:
-            local = await self.model.restart(pv)
+            local = await self.model.restart(pv, await peers_holding(self.redis, pv, self.settings.pod))
         except Exception as exc:
             self._restarts.failed(_RESTART)
             self.metrics.reload_failures.labels(getattr(exc, "reason", "engine")).inc()

@@ -64,25 +64,27 @@ class ServedModel:
         """Whether `version` is newer than the one served (a broken engine is behind everything)."""
         return self.version is None or version > self.version.version
 
-    async def start(self, pv: bus_pb2.PolicyVersion) -> LocalVersion:
-        """Fetch a version, start the engine on it and verify what it serves."""
-        local = await self._materialize(pv)
+    async def start(self, pv: bus_pb2.PolicyVersion, peers: list[str] | None = None) -> LocalVersion:
+        """Fetch a version (from `peers` holding it, else the learner), start the engine on it, verify it."""
+        local = await self._materialize(pv, peers)
         async with self.lock:
             await self._launch(local)
         return local
 
-    async def restart(self, pv: bus_pb2.PolicyVersion) -> LocalVersion:
+    async def restart(self, pv: bus_pb2.PolicyVersion, peers: list[str] | None = None) -> LocalVersion:
         """Replace a broken engine with a new one started on `pv` and verified; it stays broken on failure."""
-        local = await self._materialize(pv)
+        local = await self._materialize(pv, peers)
         async with self.lock:
             await self._close()
             await self._launch(local)
         log.info("engine restarted on a verified version", extra={"version": local.version})
         return local
 
-    async def _materialize(self, pv: bus_pb2.PolicyVersion) -> LocalVersion:
+    async def _materialize(self, pv: bus_pb2.PolicyVersion, peers: list[str] | None) -> LocalVersion:
         s = self.settings
-        return await asyncio.to_thread(materialize, pv, s.weights_dir, s.learner_target, client_auth(s))
+        return await asyncio.to_thread(
+            materialize, pv, s.weights_dir, s.learner_target, client_auth(s), peers=peers, pod=s.pod
+        )
 
     async def _launch(self, local: LocalVersion) -> None:
         s = self.settings

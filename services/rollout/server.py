@@ -1,4 +1,5 @@
-"""The RolloutService gRPC servicer: Status of the pod, and Generate for evaluation and smoke tests."""
+"""The RolloutService gRPC servicer: Status of the pod, Generate for evaluation and smoke tests, and
+FetchWeights, relaying the versions this pod fetched to peer pods."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import grpc
 
 from asympo.proto.v1 import bus_pb2, rollout_pb2, rollout_pb2_grpc
 from asympo.runtime.grpc_server import GrpcServer
+from asympo.weights.transfer import fetch_weights_rpc
 
 from .batches import MAX_GROUP_SIZE
 from .engines import GenRequest
@@ -113,3 +115,17 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
             ],
             served_version=version,
         )
+
+    async def FetchWeights(self, request, context):
+        """Relay a complete fetched copy (--weights-dir) of the served job's version to a peer pod."""
+        s = self.pod.settings
+        if not s.advertise_address:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"pod {s.pod} does not serve versions to peers (no advertise_address)",
+            )
+        job = self.pod.job.job_id if self.pod.job else None
+        async for chunk in fetch_weights_rpc(
+            request, context, s.weights_dir, serving=job, who="pod", fetched_only=True
+        ):
+            yield chunk

@@ -57,6 +57,12 @@ class RolloutSettings(GrpcSecuritySettings):
     max_deliveries: int = Field(5, ge=1, description="dead-letter a prompt after this many deliveries")
     reward_deadline_s: float = Field(10.0, gt=0, description="per-item deadline for reward scoring")
     weights_dir: Path = Field(Path(".asympo/weights"), description="where fetched weights are kept")
+    advertise_address: str = Field(
+        "",
+        pattern=r"^$|^\S+:\d+$",
+        description="host:port at which peer pods reach this pod's gRPC to fetch the versions it fetched "
+        "(peer relay); empty: serve no peers",
+    )
     probe_tolerance: float | None = Field(
         None,
         gt=0,

@@ -6,10 +6,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from asympo.jobs.records import PodStatus, put_pod
 
 from .metrics import RolloutMetrics
+from .peers import PeerRecord, held_versions
 from .policy import LocalVersion
 
 log = logging.getLogger(__name__)
@@ -36,23 +38,43 @@ class TokenRate:
 
 
 class StatusBoard:
-    """The pod's PodStatus record: state, served version, counters; written on changes and by heartbeat."""
+    """The pod's PodStatus record: state, served version, counters; written on changes and by heartbeat.
+
+    With an `advertise` address (--advertise-address) the record also names it and the versions this pod
+    holds fetched (services.rollout.peers.PeerRecord), so peers can fetch them from here.
+    """
 
     def __init__(
         self, redis, metrics: RolloutMetrics, rate: TokenRate,
-        health: Callable[[bool], Awaitable[None]] | None = None,
+        health: Callable[[bool], Awaitable[None]] | None = None, advertise: str = "",
     ):  # fmt: skip
         self.redis = redis
         self.metrics = metrics
         self.rate = rate
         self.health = health  # sets the gRPC health of the rollout service (SERVING or NOT_SERVING)
+        self.advertise = advertise
         self.status: PodStatus | None = None
         self.paused = False
+        self._fetched_dir: Path | None = None  # the job's directory of fetched copies, once there is one
+        self._digests: dict[tuple[int, int], str] = {}
 
     async def open(self, status: PodStatus) -> None:
         """Start the record for a job."""
+        if self.advertise:
+            status = PeerRecord(**status.model_dump(), advertise_address=self.advertise)
         self.status, self.paused = status, False
+        self._fetched_dir, self._digests = None, {}
         await put_pod(self.redis, status)
+
+    def holds(self, local: LocalVersion) -> None:
+        """Note a version fetched into --weights-dir: its job directory's copies are advertised from now on."""
+        if self.advertise and local.fetched:
+            self._fetched_dir = local.path.parent
+            self._refresh_held()
+
+    def _refresh_held(self) -> None:
+        if isinstance(self.status, PeerRecord) and self._fetched_dir is not None:
+            self.status.fetched_versions = held_versions(self._fetched_dir, self._digests)
 
     @property
     def unhealthy(self) -> bool:
@@ -86,6 +108,7 @@ class StatusBoard:
         self.status.served_version = local.version
         self.status.weights_sha256 = local.sha256
         self.status.state = "paused" if self.paused else "serving"
+        self.holds(local)
         await self.set_health(True)
         await put_pod(self.redis, self.status)
 
@@ -117,6 +140,7 @@ class StatusBoard:
             await asyncio.sleep(every_s)
             self.status.tokens_per_s = self.rate.per_s()
             try:
+                self._refresh_held()  # copies pruned, or fetched since the last reload
                 await put_pod(self.redis, self.status)
             except OSError as exc:
                 log.warning("heartbeat failed", extra={"cause": str(exc)})

@@ -130,6 +130,22 @@ def test_prometheus_answers_every_dashboard_query(stack, tmp_path):
         job_id = submit(client, **{"algorithm.steps": 20, "eval.every": 10})
         job = wait(client, job_id, lambda j: j["state"] in FINAL_STATES)
         assert job["state"] == "succeeded", job["message"]
+        # Every step says where its time went, on the learner and on the pods, and which version it made.
+        steps = [r for r in client.metrics(job_id, last=1000) if r.get("prompt_ids") is not None]
+        assert [r["version"] for r in steps] == list(range(1, 21))
+        for r in steps:
+            learner, pods = r["timeline"]["learner"], r["timeline"]["pods"]
+            assert {
+                "wait_groups",
+                "train",
+                "snapshot",
+                "save",
+                "hash",
+                "fsync",
+                "announce",
+            } <= learner.keys(), r
+            assert learner["train"] > 0 and pods["generate"] > 0 and pods["score"] > 0, r
+        assert any(r["timeline"]["pods"]["reload"] > 0 for r in steps), "no group carried a reload's time"
         # Scrapes go on after the last step; a busy machine makes them late, so wait for the data.
         deadline = time.monotonic() + 120
         while True:

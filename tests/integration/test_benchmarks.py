@@ -126,6 +126,6 @@ def test_weight_path_and_fanout_benchmarks(tmp_path):
     assert set(fanout["simulated"]) == {"25", "100", "200"}
     for sim in fanout["simulated"].values():
         methods = sim["methods"]
-        assert len(methods) == 4 and all(m["seconds"] > 0 for m in methods.values())
+        assert len(methods) == 5 and all(m["seconds"] > 0 for m in methods.values())
         assert methods["learner fan-out (FetchWeights)"]["learner_egress_gb"] == pytest.approx(16 * 3.4)
     assert (tmp_path / "fanout.png").stat().st_size > 5_000

@@ -66,11 +66,16 @@ def test_services_have_the_rpcs_of_the_architecture():
         ("RewardService", "Score"),
         ("RolloutService", "Status"),
         ("RolloutService", "Generate"),
+        ("RolloutService", "FetchWeights"),
         ("LearnerService", "Status"),
         ("LearnerService", "FetchWeights"),
     }
     fetch = learner_pb2.DESCRIPTOR.services_by_name["LearnerService"].methods_by_name["FetchWeights"]
     assert fetch.server_streaming and not fetch.client_streaming
+    # The peer relay speaks the learner's stream: one receiver for both sources.
+    relay = rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].methods_by_name["FetchWeights"]
+    assert relay.server_streaming and not relay.client_streaming
+    assert relay.input_type is fetch.input_type and relay.output_type is fetch.output_type
 
 
 def test_messages_round_trip_and_pickle():

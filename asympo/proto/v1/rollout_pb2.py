@@ -23,25 +23,26 @@ _sym_db = _symbol_database.Default()
 
 
 from asympo.proto.v1 import bus_pb2 as asympo_dot_v1_dot_bus__pb2
+from asympo.proto.v1 import learner_pb2 as asympo_dot_v1_dot_learner__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61sympo/v1/rollout.proto\x12\tasympo.v1\x1a\x13\x61sympo/v1/bus.proto\"\x16\n\x14RolloutStatusRequest\"\x82\x01\n\rRolloutStatus\x12\x0b\n\x03pod\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x16\n\x0eserved_version\x18\x03 \x01(\x03\x12\x16\n\x0eweights_sha256\x18\x04 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\x14\n\x0ctokens_per_s\x18\x06 \x01(\x01\"Z\n\x0fGenerateRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12+\n\x08sampling\x18\x02 \x01(\x0b\x32\x19.asympo.v1.SamplingParams\x12\t\n\x01n\x18\x03 \x01(\x05\"?\n\x11PromptCompletions\x12*\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x15.asympo.v1.Completion\"Y\n\x10GenerateResponse\x12-\n\x07outputs\x18\x01 \x03(\x0b\x32\x1c.asympo.v1.PromptCompletions\x12\x16\n\x0eserved_version\x18\x02 \x01(\x03\x32\x9a\x01\n\x0eRolloutService\x12\x43\n\x06Status\x12\x1f.asympo.v1.RolloutStatusRequest\x1a\x18.asympo.v1.RolloutStatus\x12\x43\n\x08Generate\x12\x1a.asympo.v1.GenerateRequest\x1a\x1b.asympo.v1.GenerateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61sympo/v1/rollout.proto\x12\tasympo.v1\x1a\x13\x61sympo/v1/bus.proto\x1a\x17\x61sympo/v1/learner.proto\"\x16\n\x14RolloutStatusRequest\"\x82\x01\n\rRolloutStatus\x12\x0b\n\x03pod\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x16\n\x0eserved_version\x18\x03 \x01(\x03\x12\x16\n\x0eweights_sha256\x18\x04 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\x14\n\x0ctokens_per_s\x18\x06 \x01(\x01\"Z\n\x0fGenerateRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12+\n\x08sampling\x18\x02 \x01(\x0b\x32\x19.asympo.v1.SamplingParams\x12\t\n\x01n\x18\x03 \x01(\x05\"?\n\x11PromptCompletions\x12*\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x15.asympo.v1.Completion\"Y\n\x10GenerateResponse\x12-\n\x07outputs\x18\x01 \x03(\x0b\x32\x1c.asympo.v1.PromptCompletions\x12\x16\n\x0eserved_version\x18\x02 \x01(\x03\x32\xe4\x01\n\x0eRolloutService\x12\x43\n\x06Status\x12\x1f.asympo.v1.RolloutStatusRequest\x1a\x18.asympo.v1.RolloutStatus\x12\x43\n\x08Generate\x12\x1a.asympo.v1.GenerateRequest\x1a\x1b.asympo.v1.GenerateResponse\x12H\n\x0c\x46\x65tchWeights\x12\x1e.asympo.v1.FetchWeightsRequest\x1a\x16.asympo.v1.WeightChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'asympo.proto.v1.rollout_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLLOUTSTATUSREQUEST']._serialized_start=59
-  _globals['_ROLLOUTSTATUSREQUEST']._serialized_end=81
-  _globals['_ROLLOUTSTATUS']._serialized_start=84
-  _globals['_ROLLOUTSTATUS']._serialized_end=214
-  _globals['_GENERATEREQUEST']._serialized_start=216
-  _globals['_GENERATEREQUEST']._serialized_end=306
-  _globals['_PROMPTCOMPLETIONS']._serialized_start=308
-  _globals['_PROMPTCOMPLETIONS']._serialized_end=371
-  _globals['_GENERATERESPONSE']._serialized_start=373
-  _globals['_GENERATERESPONSE']._serialized_end=462
-  _globals['_ROLLOUTSERVICE']._serialized_start=465
-  _globals['_ROLLOUTSERVICE']._serialized_end=619
+  _globals['_ROLLOUTSTATUSREQUEST']._serialized_start=84
+  _globals['_ROLLOUTSTATUSREQUEST']._serialized_end=106
+  _globals['_ROLLOUTSTATUS']._serialized_start=109
+  _globals['_ROLLOUTSTATUS']._serialized_end=239
+  _globals['_GENERATEREQUEST']._serialized_start=241
+  _globals['_GENERATEREQUEST']._serialized_end=331
+  _globals['_PROMPTCOMPLETIONS']._serialized_start=333
+  _globals['_PROMPTCOMPLETIONS']._serialized_end=396
+  _globals['_GENERATERESPONSE']._serialized_start=398
+  _globals['_GENERATERESPONSE']._serialized_end=487
+  _globals['_ROLLOUTSERVICE']._serialized_start=490
+  _globals['_ROLLOUTSERVICE']._serialized_end=718
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from asympo.proto.v1 import bus_pb2 as _bus_pb2
+from asympo.proto.v1 import learner_pb2 as _learner_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message

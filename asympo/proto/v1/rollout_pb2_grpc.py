@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from asympo.proto.v1 import learner_pb2 as asympo_dot_v1_dot_learner__pb2
 from asympo.proto.v1 import rollout_pb2 as asympo_dot_v1_dot_rollout__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -44,6 +45,11 @@ class RolloutServiceStub:
                 request_serializer=asympo_dot_v1_dot_rollout__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=asympo_dot_v1_dot_rollout__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.FetchWeights = channel.unary_stream(
+                '/asympo.v1.RolloutService/FetchWeights',
+                request_serializer=asympo_dot_v1_dot_learner__pb2.FetchWeightsRequest.SerializeToString,
+                response_deserializer=asympo_dot_v1_dot_learner__pb2.WeightChunk.FromString,
+                _registered_method=True)
 
 
 class RolloutServiceServicer:
@@ -61,6 +67,14 @@ class RolloutServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchWeights(self, request, context):
+        """The peer relay: a pod passes on a version it fetched completely (its --weights-dir copy), in the
+        learner's FetchWeights stream; only for the job it serves, and only if it advertises an address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +87,11 @@ def add_RolloutServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=asympo_dot_v1_dot_rollout__pb2.GenerateRequest.FromString,
                     response_serializer=asympo_dot_v1_dot_rollout__pb2.GenerateResponse.SerializeToString,
+            ),
+            'FetchWeights': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchWeights,
+                    request_deserializer=asympo_dot_v1_dot_learner__pb2.FetchWeightsRequest.FromString,
+                    response_serializer=asympo_dot_v1_dot_learner__pb2.WeightChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +148,33 @@ class RolloutService:
             '/asympo.v1.RolloutService/Generate',
             asympo_dot_v1_dot_rollout__pb2.GenerateRequest.SerializeToString,
             asympo_dot_v1_dot_rollout__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/asympo.v1.RolloutService/FetchWeights',
+            asympo_dot_v1_dot_learner__pb2.FetchWeightsRequest.SerializeToString,
+            asympo_dot_v1_dot_learner__pb2.WeightChunk.FromString,
             options,
             channel_credentials,
             insecure,
