@@ -118,7 +118,10 @@ def _benchmarks_dir() -> Path | None:
 
 
 def bench(
-    name: str = typer.Argument(..., help="bus, reward, rollout, learner or real_model"),
+    name: str = typer.Argument(
+        ...,
+        help="bus, reward, rollout, learner, real_model, peer_trl, disjoint_cores, weight_path or weight_fanout",
+    ),
     args: list[str] = typer.Argument(None, help="the benchmark's own flags (after --)"),
 ):
     """Run benchmarks/NAME.py from a source checkout (JSON and plots into benchmarks/results/)."""
