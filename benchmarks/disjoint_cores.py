@@ -31,10 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_io import machine, write_result  # noqa: E402
-from stack_job import REPO, asympo_cli, run_to_end  # noqa: E402
+from stack_job import REPO, run_to_end, stack_up  # noqa: E402
 
-from asympo.cli.client import GatewayClient  # noqa: E402
-from asympo.cli.local_stack import LocalStack, StackConfig  # noqa: E402
 from asympo.jobs.spec import JobSpec  # noqa: E402
 from asympo.runtime.ports import free_port  # noqa: E402
 
@@ -63,20 +61,12 @@ def run_one(spec, staleness: int, args, work: Path) -> dict:
     home = work / f"home-s{staleness}"
     spec = spec.model_copy(deep=True)
     spec.algorithm.max_staleness = staleness
-    up = ["up", "--gateway-port", str(free_port()), "--engine", args.engine]
+    pinned = []
     for service, cpus in (("rollout", args.rollout_cpus), ("reward", args.rollout_cpus),
                           ("learner", args.learner_cpus)):  # fmt: skip
-        up += ["--cpus", f"{service}={cpus}"]
-    asympo_cli(home, *up, cache=args.cache)
-    try:
-        stack = LocalStack(StackConfig(home=home))
-        client = GatewayClient(stack.gateway_url(), (home / "api-token").read_text().strip())
-        try:
-            job, records, summary = run_to_end(client, spec, poll_s=5.0)
-        finally:
-            client.close()
-    finally:
-        asympo_cli(home, "down")
+        pinned += ["--cpus", f"{service}={cpus}"]
+    with stack_up(home, free_port(), args.engine, args.cache, *pinned) as (_, client):
+        job, records, summary = run_to_end(client, spec, poll_s=5.0)
     per_s, step_s = steady_samples_per_s(records)
     hist = summary["staleness_histogram"]
     print(f"max_staleness {staleness}: {per_s:.0f} samples/s over the steps, {step_s * 1000:.0f} ms/step, "

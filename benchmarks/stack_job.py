@@ -39,10 +39,11 @@ def asympo_cli(home: Path, *args: str, cache: Path | None = None) -> str:
 
 @contextmanager
 def stack_up(
-    home: Path, gateway_port: int, engine: str, cache: Path | None
+    home: Path, gateway_port: int, engine: str, cache: Path | None, *up_flags: str
 ) -> Iterator[tuple[LocalStack, GatewayClient]]:
-    """The local stack started in `home` with a client of its gateway; `asympo down` on the way out."""
-    asympo_cli(home, "up", "--gateway-port", str(gateway_port), "--engine", engine, cache=cache)
+    """The local stack started in `home` (`up_flags` added to `asympo up`) with a client of its gateway;
+    `asympo down` on the way out."""
+    asympo_cli(home, "up", "--gateway-port", str(gateway_port), "--engine", engine, *up_flags, cache=cache)
     try:
         stack = LocalStack(StackConfig(home=home))
         client = GatewayClient(stack.gateway_url(), (home / "api-token").read_text().strip())

@@ -1,7 +1,9 @@
-"""Fixtures of the integration tests that run a learner process."""
+"""Fixtures of the integration tests: a learner process, and a fresh tiny model per test module."""
 
 import pytest
 
+from asympo.jobs.spec import TinyModelSpec
+from asympo.models.tiny import build_model, build_tokenizer
 from tests.support.learner_run import LearnerRun
 
 
@@ -23,3 +25,10 @@ async def learner_run(redis, redis_server, tmp_path, tiny_cache, tiny_model_path
         await run.stop_sampler()
         if run.learner is not None:
             run.learner.kill()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A fresh tiny model and its tokenizer, per test module (the weights tests change and write them)."""
+    tok = build_tokenizer()
+    return build_model(TinyModelSpec(), tok), tok

@@ -7,8 +7,6 @@ import json
 import blake3
 import pytest
 
-from asympo.jobs.spec import TinyModelSpec
-from asympo.models.tiny import build_model, build_tokenizer
 from asympo.proto.v1 import learner_pb2_grpc
 from asympo.runtime.grpc_server import GrpcServer
 from asympo.weights import integrity
@@ -24,12 +22,6 @@ from asympo.weights.store import (
 )
 from asympo.weights.transfer import fetch_version, fetch_weights_rpc
 from services.rollout.policy import ReloadRefused, materialize
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    tok = build_tokenizer()
-    return build_model(TinyModelSpec(), tok), tok
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from asympo.jobs.spec import TinyModelSpec
-from asympo.models.tiny import build_model, build_tokenizer
+from asympo.models.tiny import build_model
 from asympo.proto.v1 import learner_pb2, learner_pb2_grpc
 from asympo.runtime.grpc_server import GrpcServer
 from asympo.weights.integrity import hash_contents
@@ -24,12 +24,6 @@ from asympo.weights.store import (
     write_version,
 )
 from asympo.weights.transfer import fetch_version, fetch_weights_rpc, iter_weight_chunks
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    tok = build_tokenizer()
-    return build_model(TinyModelSpec(), tok), tok
 
 
 def flip_byte(path):
