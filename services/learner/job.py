@@ -70,8 +70,8 @@ class JobRun:
         self.dispatcher: Dispatcher | None = None
         self.records: StepRecords | None = None  # the parts below exist once the model is loaded
         self.commits: VersionCommits | None = None
-        # Set when prompts may be dispatched again (a step committed, a version announced): the dispatcher
-        # acts at once instead of at its next poll, which would idle the pods at low staleness.
+        # Set when a step commits (fewer prompts in flight): the dispatcher refills at once instead of at
+        # its next poll, which would idle the pods at low staleness.
         self.wake_dispatcher = asyncio.Event()
         self._background: list[asyncio.Task] = []
         self.attempts = 0  # optimizer steps tried by this process, skipped ones included
