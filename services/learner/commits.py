@@ -232,12 +232,14 @@ class VersionCommits:
             # Numbers above the newest announced one are free: a directory there is a crashed attempt's.
             # Old versions go at most once a second: listing a store that holds a grace period's worth of
             # versions cost a fast job's learner ~5 ms on every publish.
-            collect = (
-                time.monotonic() - self._collected >= GC_INTERVAL_S or step >= self.ctx.spec.algorithm.steps
-            )
+            # The job's last version: no pod will load a superseded one any more, so none outlives it (a short
+            # job would otherwise leave every version it published on disk: 200 × 2 MB for the demo).
+            final = step >= self.ctx.spec.algorithm.steps
+            collect = final or time.monotonic() - self._collected >= GC_INTERVAL_S
             pv, _ = write_version(
                 s.weight_store, self.ctx.job_id, version, step, self.policy.publisher, self.policy.tokenizer,
-                keep=s.keep_versions, replace=True, grace_s=s.version_grace_s, fence_token=self.ctx.fence_token,
+                keep=s.keep_versions, replace=True, grace_s=0.0 if final else s.version_grace_s,
+                fence_token=self.ctx.fence_token,
                 timings=timings, collect=collect,
             )  # fmt: skip
             if collect:

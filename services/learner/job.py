@@ -249,13 +249,13 @@ class JobRun:
         self.nonfinite_run = 0
         ctx.progress.step += 1
         step, algo = ctx.progress.step, ctx.spec.algorithm
-        failpoints.reach("after_train", step)
         entries = [d.entry_id for d in batch]
         trained = await asyncio.to_thread(
             D.gather, ([g.prompt_id for g in groups], staleness, read_tokens, entries, pod_phase_sums(groups)), w
         )  # fmt: skip
         # One publication in flight at most: the previous step's must be out before this one's starts.
         timeline["wait_publication"] = await self.publication.wait()
+        failpoints.reach("after_train", step)  # every earlier step committed, none of this one's effects yet
         state = await self.publication.snapshot(step % algo.sync_every == 0 or step == algo.steps, timeline)
         self.publication.start(state, stats, trained, timeline, t0)
         if ctx.spec.checkpoint.every and step % ctx.spec.checkpoint.every == 0:
