@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, CliSettingsSource
 
+from asympo.runtime.process_exit import leave
 from asympo.runtime.telemetry import setup_logging
 
 S = TypeVar("S", bound=BaseSettings)
@@ -79,9 +80,7 @@ def load_settings(cls: type[S], prog: str, description: str, argv: list[str] | N
 def _exit_quietly(signum, frame):
     # Nothing is started yet (no loop, no children): leave at once. Raising SystemExit instead could
     # land inside the event loop's construction and print a traceback from its half-built remains.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave(0)
 
 
 def run_service(

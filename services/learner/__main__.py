@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 
+from asympo.runtime.process_exit import leave
 from asympo.runtime.settings import run_service
 
 from .settings import load_settings
@@ -24,4 +24,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Not sys.exit: under torchrun, gloo's threads can abort a finished learner during finalization.
+    leave(main())

@@ -12,6 +12,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from asympo.jobs.spec import AlgorithmSpec, TinyModelSpec
 from asympo.models.tiny import build_model, build_tokenizer
 from asympo.proto.v1 import bus_pb2
+from asympo.runtime.process_exit import leave
 from services.learner.distributed import init_world, shutdown
 from services.learner.trainer import Trainer, shard_model
 
@@ -64,6 +65,7 @@ def main(out: str) -> None:
     if world.rank == 0:
         torch.save(results, out)
     shutdown()
+    leave(0)  # not a normal return: see asympo.runtime.process_exit
 
 
 if __name__ == "__main__":
