@@ -37,6 +37,12 @@ asympo's `greedy_accuracy`, outside the timer; the reference loop and the stack 
 do, but only before the first and after the last step (`eval.every` = steps, `checkpoint.every` = 0 for
 both), because TRL evaluates and saves nothing while it is timed.
 
+CPU (`cpu_seconds`, `cpu_ms_per_step`): what each whole run cost the machine, user + system time of every
+thread (TRL and the reference loop: this process, model load and evaluations included; the stack: every
+process of it, services, the pod's vLLM engine and Redis, from the job's submission to its end, by part
+in `cpu_seconds_by_part`). On a machine that every system has to itself, samples/s can at best reach
+cores × 1000 / CPU ms per step × samples per step, however a system overlaps its work.
+
     python benchmarks/peer_trl.py [--systems trl,reference,pipeline] [--seeds 0] [--steps N]
         [--job examples/jobs/arith-tiny.yaml] [--out benchmarks/results/peer_trl.json]
     python benchmarks/peer_trl.py --job examples/jobs/smollm2-arith.yaml --steps 2 --out /tmp/peer_smollm2.json
@@ -65,7 +71,7 @@ from benchmarks.results_io import machine, write_result  # noqa: E402
 
 SYSTEMS = ("trl", "reference", "pipeline")
 RATIOS = (("pipeline", "trl"), ("pipeline", "reference"), ("reference", "trl"))
-FIGURES = ("samples", "wall_seconds", "samples_per_s", "initial_accuracy", "final_accuracy")
+FIGURES = ("samples", "wall_seconds", "samples_per_s", "initial_accuracy", "final_accuracy", "cpu_seconds")
 COLORS = {"trl": "tab:orange", "reference": "tab:blue", "pipeline": "tab:green"}
 
 
@@ -80,11 +86,16 @@ def job_spec(path: Path, steps: int | None, seed: int) -> JobSpec:
 
 def run_system(name: str, spec: JobSpec, args: argparse.Namespace, work: Path) -> dict:
     """One system on one seed; its figures."""
+    if name == "pipeline":
+        return run_pipeline(
+            spec, args.model_cache, work / f"home-{spec.seed}", args.gateway_port, args.engine
+        )
+    cpu = time.process_time()  # every thread of this process: TRL and the reference loop run in it
     if name == "trl":
-        return run_trl(spec, args.model_cache, work, args.trl_micro_batch)
-    if name == "reference":
-        return run_reference_system(spec, args.model_cache)
-    return run_pipeline(spec, args.model_cache, work / f"home-{spec.seed}", args.gateway_port, args.engine)
+        figures = run_trl(spec, args.model_cache, work, args.trl_micro_batch)
+    else:
+        figures = run_reference_system(spec, args.model_cache)
+    return {**figures, "cpu_seconds": time.process_time() - cpu}
 
 
 def combine(runs: dict[int, dict]) -> dict:
@@ -148,12 +159,13 @@ def plot(result: dict, path: Path) -> None:
 def table(result: dict) -> str:
     """The headline figures as a small text table."""
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    lines = [f"{'system':<10} {'samples':>8} {'seconds':>9} {'s/step':>7} {'samples/s':>10} {'accuracy':>15}"]
+    lines = [f"{'system':<10} {'samples':>8} {'seconds':>9} {'s/step':>7} {'samples/s':>10} {'accuracy':>15} "
+             f"{'CPU ms/step':>12}"]  # fmt: skip
     for name, f in result["systems"].items():
         acc = f"{fmt(f['initial_accuracy'], '.3f')} -> {fmt(f['final_accuracy'], '.3f')}"
         lines.append(
             f"{name:<10} {f['samples']:>8.0f} {f['wall_seconds']:>9.1f} {f['seconds_per_step']:>7.2f} "
-            f"{f['samples_per_s']:>10.2f} {acc:>15}"
+            f"{f['samples_per_s']:>10.2f} {acc:>15} {f['cpu_ms_per_step']:>12.0f}"
         )
     lines += [f"{pair}: {value:.2f}" for pair, value in result["ratios"].items()]
     return "\n".join(lines)
@@ -195,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     combined = {name: combine(runs[name]) for name in systems}
     for figures in combined.values():
         figures["seconds_per_step"] = figures["wall_seconds"] / algo.steps
+        figures["cpu_ms_per_step"] = 1000 * figures["cpu_seconds"] / algo.steps
     result = {
         "benchmark": "peer trl",
         "command": " ".join(["python benchmarks/peer_trl.py", *(argv if argv is not None else sys.argv[1:])]),

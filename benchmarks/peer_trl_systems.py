@@ -1,7 +1,9 @@
 """The three systems benchmarks/peer_trl.py compares, each run on one job spec: TRL, the reference loop, the stack.
 
 Each runner returns the same figures: `samples` (responses trained), `wall_seconds` (what was timed),
-`samples_per_s`, `initial_accuracy` and `final_accuracy` (held-out greedy, asympo's evaluation).
+`samples_per_s`, `initial_accuracy` and `final_accuracy` (held-out greedy, asympo's evaluation), and
+`cpu_seconds`: the CPU time (user + system, every thread and process) the whole run took, evaluations
+included, which tells how much of the machine a system needs per sample however it overlaps its work.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from asympo.models.loading import load_policy, resolve_model_path
 from asympo.models.prompts import Prompter
 from asympo.reference.loop import VERIFIERS, run_reference
 from asympo.tasks import build_task
-from benchmarks.stack_job import run_to_end, stack_up
+from benchmarks.stack_job import cpu_used, run_to_end, stack_cpu, stack_up
 
 
 def verifier(name: str) -> Callable[[str, str], float]:
@@ -157,7 +159,9 @@ def run_reference_system(spec: JobSpec, cache: Path) -> dict:
 def run_pipeline(spec: JobSpec, cache: Path, home: Path, gateway_port: int, engine: str) -> dict:
     """The job through `asympo up` (REST, Redis, reward, rollout pod, learner); figures from its summary."""
     with stack_up(home, gateway_port, engine, cache) as (_, client):
+        before = stack_cpu(home)
         job, records, summary = run_to_end(client, spec, poll_s=3.0)
+        cpu = cpu_used(before, stack_cpu(home))
     print(f"  job {summary['job_id']}: {job['state']}", file=sys.stderr)
     steps = [r for r in records if r.get("prompt_ids") is not None and not r.get("final")]
     # The summary's wall starts at the step-0 record, before the pod's engine has started for the job;
@@ -172,5 +176,7 @@ def run_pipeline(spec: JobSpec, cache: Path, home: Path, gateway_port: int, engi
         "final_accuracy": summary["final_accuracy"],
         "samples_per_s_after_step_1": steady,
         "engine": engine,
+        "cpu_seconds": sum(cpu.values()),
+        "cpu_seconds_by_part": cpu,
         "summary": summary,  # as the stack reports it: its other throughputs, staleness, drops
     }

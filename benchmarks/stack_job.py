@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,43 @@ from asympo.jobs.spec import JobSpec
 from asympo.runtime.api_token import TOKEN_ENV
 
 REPO = Path(__file__).resolve().parents[1]
+SERVICES = ("learner", "rollout", "reward", "gateway")
+
+
+def stack_cpu(home: Path) -> dict[int, tuple[str, float]]:
+    """Every process of the stack started in `home` (found by its ASYMPO_HOME): pid -> (part, CPU seconds).
+
+    A part is a service, `redis`, or `vllm engine` (the pod's engine process); CPU is user + system.
+    """
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("ASYMPO_HOME") != str(home):
+                continue
+            t = p.cpu_times()
+            out[p.pid] = (_part(" ".join(p.cmdline()) or p.name()), t.user + t.system)
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+    return out
+
+
+def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each part used between two stack_cpu snapshots (a process started meanwhile counts whole)."""
+    used: Counter[str] = Counter()
+    for pid, (part, cpu) in after.items():
+        used[part] += cpu - before.get(pid, (part, 0.0))[1]
+    return dict(used.most_common())
+
+
+def _part(cmdline: str) -> str:
+    for service in SERVICES:
+        if f"services.{service}" in cmdline:
+            return service
+    if "redis" in cmdline:
+        return "redis"
+    return "vllm engine" if "EngineCore" in cmdline or "VLLM" in cmdline else cmdline[:40]
 
 
 def asympo_cli(home: Path, *args: str, cache: Path | None = None) -> str:

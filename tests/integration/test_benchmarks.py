@@ -104,6 +104,12 @@ def test_peer_trl_benchmark(tmp_path, tiny_cache, tiny_model_path):
     for pair, ratio in result["ratios"].items():
         a, b = pair.split("/")
         assert ratio == pytest.approx(systems[a]["samples_per_s"] / systems[b]["samples_per_s"])
+    # CPU is measured, not the wall clock renamed: the stack's comes from its processes, by part.
+    parts = systems["pipeline"]["runs"]["0"]["cpu_seconds_by_part"]
+    assert parts["learner"] > 0 and parts["rollout"] > 0, parts
+    assert systems["pipeline"]["cpu_seconds"] == pytest.approx(sum(parts.values()))
+    for f in systems.values():
+        assert f["cpu_seconds"] > 0 and f["cpu_ms_per_step"] == pytest.approx(1000 * f["cpu_seconds"] / 3)
     assert (tmp_path / "peer.png").stat().st_size > 5_000
 
 

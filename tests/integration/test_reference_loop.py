@@ -1,6 +1,7 @@
 """The reference loop end to end: real tiny model, real sampling and real torch updates."""
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -97,3 +98,29 @@ def test_asympo_learns_under_staleness(tiny_cache, tiny_model_path, example_spec
     assert max(s["staleness"] for s in result.steps) == 4
     assert result.final_accuracy - result.initial_accuracy >= 0.15, result.evals
     assert all(abs(s["loss"]) < 1e-6 for s in result.steps if not s.get("skipped"))  # fact 1, in training
+
+
+# The setting that tells the losses apart (docs/reference-loop.md, "Telling the losses apart"): the
+# demo job (lr 3e-5, 200 steps) with samples 8 updates old. Evaluation only at the start and the end.
+DISCRIMINATING = {"algorithm.max_staleness": 8, "algorithm.steps": 200, "eval.every": 200}
+
+
+def test_at_staleness_8_naive_falls_below_its_warm_start_while_asympo_learns(tiny_cache, example_spec):
+    """Over seeds 0-2 at max_staleness 8, naive ends below the warm start and ≥ 15 points below ASymPO."""
+    final, initial = {}, set()
+    for loss in ("asympo", "naive"):
+        runs = [
+            run_reference(
+                example_spec.with_overrides({**DISCRIMINATING, "algorithm.loss": loss, "seed": seed}),
+                cache_dir=tiny_cache,
+                progress=False,
+            )  # fmt: skip
+            for seed in (0, 1, 2)
+        ]
+        assert {max(s["staleness"] for s in r.steps) for r in runs} == {8}
+        final[loss] = statistics.fmean(r.final_accuracy for r in runs)
+        initial |= {r.initial_accuracy for r in runs}
+    (warm_start,) = initial  # every run starts from the same SFT model
+    assert final["naive"] < warm_start, (warm_start, final)
+    assert final["asympo"] - final["naive"] >= 0.15, final
+    assert final["asympo"] - warm_start >= 0.15, (warm_start, final)
