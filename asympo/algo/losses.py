@@ -161,10 +161,9 @@ def policy_loss(
             S, _ = mean_token_nll(ell_hat, valid)
             stats.update(clip_stats)
         # S / sg(S) first: it is exactly 1.0 in floating point, so each term is exactly A_g.
+        # No balance ratio of the normalized terms: they are |A_g|·1, so on zero-sum groups it would be
+        # exactly 1 by construction and measure nothing.
         loss = (A * (S / S.detach().clamp_min(eps))).sum() / N
-        pos_sum, neg_sum = float(A[A > 0].sum()), float(-A[A < 0].sum())
-        # ASymPO's normalized terms are |A_g|·1, so its own balance ratio is exactly 1 on zero-sum groups.
-        stats["R_norm"] = neg_sum / pos_sum if pos_sum > 0 else math.nan
 
     elif method == "gpg":
         T = float(opts["num_tokens"] or valid.sum().clamp_min(1))
