@@ -76,11 +76,18 @@ COLORS = {"trl": "tab:orange", "reference": "tab:blue", "pipeline": "tab:green"}
 
 
 def job_spec(path: Path, steps: int | None, seed: int) -> JobSpec:
-    """The job as every system runs it: its steps and seed, evaluated only at both ends, no checkpoints."""
+    """The job as every system runs it: its steps and seed, evaluated only at both ends, no checkpoints
+    and no update gauges (TRL computes neither)."""
     spec = JobSpec.load(path)
     steps = steps or spec.algorithm.steps
     return spec.with_overrides(
-        {"algorithm.steps": steps, "seed": seed, "eval.every": steps, "checkpoint.every": 0}
+        {
+            "algorithm.steps": steps,
+            "seed": seed,
+            "eval.every": steps,
+            "eval.gauges_every": 0,
+            "checkpoint.every": 0,
+        }
     )
 
 

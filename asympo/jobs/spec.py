@@ -152,6 +152,12 @@ class EvalSpec(_Strict):
         "greedy in the learner's process with exact match; auto: learner for the tiny model, else rollout",
     )
     chunk_prompts: int = Field(32, ge=1, le=1024, description="held-out prompts per evaluation task")
+    gauges_every: int = Field(
+        10, ge=0, le=10_000_000,
+        description="steps between the update gauges neg_share, grad_norm_neg and grad_norm_pos (one more "
+        "backward pass, over the negative-advantage responses); 0: never. The reference loop computes them; "
+        "the distributed learner does not yet",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _learner_is_greedy(self) -> EvalSpec:

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from tqdm import tqdm
 
-from asympo.algo import gpg_advantages, group_advantages, policy_loss
+from asympo.algo import gpg_advantages, group_advantages, negative_part, policy_loss, update_shares
 from asympo.jobs.spec import JobSpec
 from asympo.models.evaluate import greedy_accuracy
 from asympo.models.hf_generate import hf_generate_ids
@@ -179,8 +179,9 @@ def run_reference(
             "response_tokens_mean": sum(len(s.token_ids) for g in groups for s in g) / rewards.numel(),
         }
         if keep.any():
+            gauges = spec.eval.gauges_every > 0 and step % spec.eval.gauges_every == 0
             record.update(
-                _update(spec, policy, sampler, optimizer, prompter, problems, groups, rewards, keep)
+                _update(spec, policy, sampler, optimizer, prompter, problems, groups, rewards, keep, gauges)
             )
         else:
             record["skipped"] = True
@@ -200,8 +201,10 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _update(spec, policy, sampler, optimizer, prompter, problems, groups, rewards, keep) -> dict[str, float]:
-    """One optimizer step on the kept groups; returns the loss statistics."""
+def _update(
+    spec, policy, sampler, optimizer, prompter, problems, groups, rewards, keep, gauges: bool = False
+) -> dict[str, float]:
+    """One optimizer step on the kept groups; returns the loss statistics (with the update gauges if asked)."""
     algo = spec.algorithm
     if algo.loss == "gpg":
         A = gpg_advantages(rewards[keep])
@@ -224,9 +227,19 @@ def _update(spec, policy, sampler, optimizer, prompter, problems, groups, reward
         with torch.no_grad():
             options["behavior_logprobs"] = response_logprobs(sampler, input_ids, attention, first)
     logprobs = response_logprobs(policy, input_ids, attention, first)
-    loss, stats = policy_loss(algo.loss, logprobs, mask, A.reshape(-1).to(device), **options)
+    A = A.reshape(-1).to(device)
+    loss, stats = policy_loss(algo.loss, logprobs, mask, A, **options)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    neg = negative_part(algo.loss, logprobs, mask, A, **options) if gauges else None
+    g_neg = (
+        torch.autograd.grad(neg, params, retain_graph=True, allow_unused=True) if neg is not None else None
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if g_neg is not None:
+        zero = torch.zeros_like
+        stats.update(update_shares([zero(p) if gn is None else gn for gn, p in zip(g_neg, params)],
+                                   [zero(p) if p.grad is None else p.grad for p in params]))  # fmt: skip
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), algo.grad_clip)
     optimizer.step()
     stats["grad_norm"] = float(grad_norm)

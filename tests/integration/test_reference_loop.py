@@ -1,6 +1,7 @@
 """The reference loop end to end: real tiny model, real sampling and real torch updates."""
 
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,11 @@ def test_cli_run_writes_log_and_plot_and_samples_exactly_k_stale(tmp_path, tiny_
     assert trained, "every step was skipped"
     for s in trained:
         assert {"delta", "R", "S_pos", "S_neg", "loss", "grad_norm", "reward_mean"} <= set(s)
+    # The update gauges every eval.gauges_every (10) steps, and they measure: neither side is empty.
+    gauged = [s for s in trained if "neg_share" in s]
+    assert [s["step"] for s in gauged] == [t for t in (0, 10) if t in {s["step"] for s in trained}]
+    for s in gauged:
+        assert s["grad_norm_neg"] > 0 and s["grad_norm_pos"] > 0 and math.isfinite(s["neg_share"])
     assert log["summary"]["steps"] == 12 and log["spec"]["algorithm"]["max_staleness"] == 2
     assert (out / "curve.png").read_bytes()[:8] == PNG_MAGIC
 
