@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from asympo.cli.client import GatewayClient
+from asympo.cli.cpu_pinning import SERVICES
 from asympo.cli.local_stack import LocalStack, StackConfig
 from asympo.cli.report import summarize
 from asympo.jobs.records import FINAL_STATES
@@ -22,20 +23,21 @@ from asympo.jobs.spec import JobSpec
 from asympo.runtime.api_token import TOKEN_ENV
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = ("learner", "rollout", "reward", "gateway")
 
 
 def stack_cpu(home: Path) -> dict[int, tuple[str, float]]:
-    """Every process of the stack started in `home` (found by its ASYMPO_HOME): pid -> (part, CPU seconds).
+    """Every process of the stack started in `home`: pid -> (part, CPU seconds, user + system).
 
-    A part is a service, `redis`, or `vllm engine` (the pod's engine process); CPU is user + system.
+    The services and their children carry the stack's ASYMPO_HOME; Redis does not, and is found by
+    its pid file. A part is a service, `redis`, or `vllm engine` (the pod's engine process).
     """
     import psutil
 
+    redis_pid = LocalStack(StackConfig(home=home)).running_pid("redis")
     out = {}
     for p in psutil.process_iter():
         try:
-            if p.environ().get("ASYMPO_HOME") != str(home):
+            if p.pid != redis_pid and p.environ().get("ASYMPO_HOME") != str(home):
                 continue
             t = p.cpu_times()
             out[p.pid] = (_part(" ".join(p.cmdline()) or p.name()), t.user + t.system)
