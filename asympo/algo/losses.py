@@ -127,7 +127,7 @@ def policy_loss(
     opts = _options(method, options)
     _check_inputs(logprobs, mask, advantages, behavior_logprobs)
     if method == "grpo" and behavior_logprobs is None:
-        raise ValueError("loss 'grpo' needs behavior_logprobs from the rollout side")
+        raise ValueError("loss 'grpo' needs behavior_logprobs (the sampling version's log-probs)")
     if method != "grpo" and behavior_logprobs is not None:
         raise ValueError(
             f"loss {method!r} uses current-policy log-probs only; behavior_logprobs are for 'grpo'"

@@ -41,8 +41,8 @@ def negative_part(
     return loss
 
 
-def update_shares(g_neg: Sequence[Tensor], g: Sequence[Tensor]) -> dict[str, float]:
-    """neg_share = ⟨g⁻, g⟩ / ‖g‖² and the norms of g⁻ and g⁺ = g − g⁻, over all tensors flattened."""
+def gradient_products(g_neg: Sequence[Tensor], g: Sequence[Tensor]) -> list[float]:
+    """[⟨g⁻, g⟩, ‖g‖², ‖g⁻‖², ‖g − g⁻‖²] over all tensors flattened (float64): sums, so shards add up."""
     dot = gg = nn = pp = 0.0
     for a, b in zip(g_neg, g, strict=True):
         a, b = a.double(), b.double()
@@ -50,8 +50,19 @@ def update_shares(g_neg: Sequence[Tensor], g: Sequence[Tensor]) -> dict[str, flo
         gg += float((b * b).sum())
         nn += float((a * a).sum())
         pp += float(((b - a) ** 2).sum())
+    return [dot, gg, nn, pp]
+
+
+def shares_from_products(products: Sequence[float]) -> dict[str, float]:
+    """neg_share and the two norms from gradient_products (summed over shards or ranks first if split)."""
+    dot, gg, nn, pp = products
     return {
         "neg_share": dot / gg if gg > 0 else math.nan,
-        "grad_norm_neg": math.sqrt(nn),
-        "grad_norm_pos": math.sqrt(pp),
+        "grad_norm_neg": math.sqrt(max(0.0, nn)),
+        "grad_norm_pos": math.sqrt(max(0.0, pp)),
     }
+
+
+def update_shares(g_neg: Sequence[Tensor], g: Sequence[Tensor]) -> dict[str, float]:
+    """neg_share = ⟨g⁻, g⟩ / ‖g‖² and the norms of g⁻ and g⁺ = g − g⁻, over all tensors flattened."""
+    return shares_from_products(gradient_products(g_neg, g))

@@ -2,7 +2,7 @@
 
 The job's `flow` hash holds `dispatched` (the dispatch position), `trained` (groups in committed
 steps), `dropped:<reason>` (prompts that will never be trained: stale, zero_variance, dead, non_finite,
-rolled_back, lost, unused), `duplicates` (extra groups for a prompt, not a prompt of their own) and
+rolled_back, lost, unused, and for grpo no_behavior_version), `duplicates` (extra groups for a prompt, not a prompt of their own) and
 `foreign` (dead-lettered tasks and groups that are no prompt of the job: for prompt_ids it never
 dispatched, of another job, or not decodable at all; not prompts of its own either).
 In flight = dispatched − trained − Σ dropped; the learner admits new prompts while it is ≤
@@ -35,7 +35,9 @@ from asympo.bus.keys import GROUP_LEARNER, GROUP_ROLLOUT, JobKeys
 
 DROPPED = "dropped:"
 # Why a dispatched prompt may never be trained; every one is counted, most are also recorded by id.
-DROP_REASONS = ("stale", "zero_variance", "dead", "non_finite", "rolled_back", "lost", "unused")
+DROP_REASONS = (
+    "stale", "zero_variance", "dead", "non_finite", "rolled_back", "lost", "unused", "no_behavior_version",
+)  # fmt: skip
 FOREIGN = "foreign"
 # No prompt_id holds a NUL, so a mark never collides with a claim in the same hash.
 DISPATCH_MARK = "\x00d:"

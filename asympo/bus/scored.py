@@ -13,10 +13,11 @@ from asympo.proto.v1 import bus_pb2
 
 def scored_group(
     task: bus_pb2.PromptTask, prompt_token_ids: Sequence[int], samples: Sequence[GenSample],
-    scores: Sequence[tuple[float, str]], *, versions: tuple[int, int], pod: str, behavior_logprobs: bool,
+    scores: Sequence[tuple[float, str]], *, versions: tuple[int, int], pod: str,
     timings: bus_pb2.Timings | None = None,
 ) -> bus_pb2.ScoredGroup:  # fmt: skip
-    """One task's completions with their (reward, status); behavior log-probs only when the loss needs them."""
+    """One task's completions with their (reward, status): tokens and rewards, never log-probs (for grpo the
+    learner recomputes them from the version that generated the group)."""
     return bus_pb2.ScoredGroup(
         job_id=task.job_id,
         prompt_id=task.prompt_id,
@@ -28,7 +29,6 @@ def scored_group(
                 reward=reward,
                 finish_reason=s.finish_reason,
                 reward_status=status,
-                behavior_logprobs=s.logprobs if behavior_logprobs else [],
             )  # fmt: skip
             for s, (reward, status) in zip(samples, scores)
         ],
@@ -50,7 +50,6 @@ class GroupLimits:
     group_size: int
     vocab_size: int
     max_positions: int | None = None
-    behavior_logprobs: bool = False  # the loss needs one per response token (grpo)
 
 
 def group_problem(group: bus_pb2.ScoredGroup, limits: GroupLimits, max_new_tokens: int | None) -> str | None:
@@ -81,10 +80,6 @@ def group_problem(group: bus_pb2.ScoredGroup, limits: GroupLimits, max_new_token
         bad = _out_of_vocab(c.token_ids, limits.vocab_size)
         if bad is not None:
             return f"token_id: completion {i} token {bad} is outside the vocabulary [0, {limits.vocab_size})"
-        if limits.behavior_logprobs and (
-            len(c.behavior_logprobs) != n or not all(map(math.isfinite, c.behavior_logprobs))
-        ):
-            return f"behavior_logprobs: completion {i} needs {n} finite behavior log-probs (loss grpo)"
     return None
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from asympo.cli import runs
+from asympo.cli import compare, runs
 from asympo.cli.client import GatewayError
 from asympo.cli.context import Ctx, fail, require_extra
 from asympo.cli.cpu_pinning import parse_cpus
@@ -218,6 +218,7 @@ def report(ctx: typer.Context, job_id: str, out: Path = typer.Option(None, help=
 
 app.command()(runs.demo)
 app.command()(runs.reference)
+app.command()(compare.compare)
 app.command()(runs.bench)
 app.add_typer(models_app, name="models")
 

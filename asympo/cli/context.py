@@ -43,6 +43,16 @@ def fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
+def comma_list(kind, value: str | None) -> list | None:
+    """A comma-separated option as a list of `kind` (None when the option was not given)."""
+    if value is None:
+        return None
+    try:
+        return [kind(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a comma list of {kind.__name__}") from None
+
+
 def require_extra(command: str, extra: str, modules: tuple[str, ...]) -> None:
     """Fail with the pip command to run when a command needs an extra that is not installed."""
     missing = [m for m in modules if not _importable(m)]

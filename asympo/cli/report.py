@@ -4,6 +4,7 @@ asympo.jobs.summary for what the summary holds)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from asympo.jobs.summary import summarize
@@ -13,7 +14,8 @@ __all__ = ["plot", "summarize", "write_report"]
 
 
 def plot(summary: dict, records: list[dict], path: Path) -> None:
-    """Reward and held-out accuracy, trained tokens/s, and the staleness histogram, in one PNG."""
+    """Reward and held-out accuracy, trained tokens/s, the staleness histogram, where a step's time goes and,
+    when steps computed them, the update gauges, in one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +23,8 @@ def plot(summary: dict, records: list[dict], path: Path) -> None:
 
     steps = [r for r in records if r.get("prompt_ids") is not None and not r.get("final")]
     x = [r["step"] for r in steps]
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    gauged = [r for r in steps if r.get("neg_share") is not None]
+    fig, axes = plt.subplots(1, 5 if gauged else 4, figsize=(25 if gauged else 20, 4.2))
     axes[0].plot(
         x, trailing_mean([r.get("reward_mean") for r in steps]), label="training reward (10-step mean)"
     )
@@ -35,6 +38,8 @@ def plot(summary: dict, records: list[dict], path: Path) -> None:
     axes[2].bar([int(k) for k in hist], list(hist.values()))
     axes[2].set(xlabel="version_now − gen_version_start", ylabel="groups trained", title="staleness")
     _timeline(axes[3], summary.get("timeline_medians") or {})
+    if gauged:
+        _update_gauges(axes[4], gauged)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(
@@ -61,6 +66,17 @@ def _timeline(ax, medians: dict) -> None:
             bottom += seconds * 1000
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
     ax.set(ylabel="ms (median per step)", title="where a step's time goes")
+
+
+def _update_gauges(ax, gauged: list[dict]) -> None:
+    """neg_share and ‖g⁻‖/‖g⁺‖ against step, on the steps that computed them."""
+    x = [r["step"] for r in gauged]
+    ax.plot(x, [r["neg_share"] for r in gauged], marker=".", label="neg_share = ⟨g⁻, g⟩ / ‖g‖²")
+    ratio = [r["grad_norm_neg"] / r["grad_norm_pos"] if r.get("grad_norm_pos") else None for r in gauged]
+    ax.plot(x, [math.nan if v is None else v for v in ratio], marker=".", label="‖g⁻‖ / ‖g⁺‖")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="step", title="update gauges (A<0 responses' part of the update)")
+    ax.legend(fontsize=8)
 
 
 def write_report(job: dict, records: list[dict], versions: list[dict], out_dir: Path) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from asympo.cli.client import GatewayError
-from asympo.cli.context import fail, require_extra
+from asympo.cli.context import comma_list, fail, require_extra
 from asympo.cli.local_stack import StackError
 from asympo.cli.watch import watch_job, write_job_report
 
@@ -62,15 +62,6 @@ def demo(
         raise typer.Exit(1)
 
 
-def _csv(kind, value: str | None) -> list | None:
-    if value is None:
-        return None
-    try:
-        return [kind(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a comma list of {kind.__name__}") from None
-
-
 def reference(
     job: Path = typer.Argument(
         None, exists=True, dir_okay=False, help="job spec YAML (default: the built-in tiny job)"
@@ -94,15 +85,16 @@ def reference(
     require_extra("reference", "local", ("torch", "transformers", "matplotlib"))
     from transformers.utils import logging as hf_logging
 
+    from asympo.jobs.comparison import grid_specs
     from asympo.jobs.spec import JobSpec, SpecError
-    from asympo.reference.grid import grid_specs, run_grid
+    from asympo.reference.grid import run_grid
 
     hf_logging.disable_progress_bar()  # our own bars say what is happening; its weight-loading bar is noise
     try:
         base = JobSpec.load(job) if job else JobSpec()
         overrides = [*set_, *([f"algorithm.steps={steps}"] if steps is not None else [])]
         base = base.with_overrides(overrides) if overrides else base
-        specs = grid_specs(base, _csv(str, loss), _csv(int, staleness), _csv(int, seeds))
+        specs = grid_specs(base, comma_list(str, loss), comma_list(int, staleness), comma_list(int, seeds))
     except SpecError as exc:
         fail(f"error: {exc}", 2)
     run_grid(specs, out, cache_dir, progress=not no_progress, say=typer.echo)

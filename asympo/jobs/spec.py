@@ -155,8 +155,8 @@ class EvalSpec(_Strict):
     gauges_every: int = Field(
         10, ge=0, le=10_000_000,
         description="steps between the update gauges neg_share, grad_norm_neg and grad_norm_pos (one more "
-        "backward pass, over the negative-advantage responses); 0: never. The reference loop computes them; "
-        "the distributed learner does not yet",
+        "forward and backward pass, over the negative-advantage responses); 0: never. The reference loop and "
+        "the learner compute them",
     )  # fmt: skip
 
     @model_validator(mode="after")

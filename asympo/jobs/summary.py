@@ -8,6 +8,8 @@ dropped) per second. Pure: the learner stores it with a finished job, `asympo re
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import Counter
 from typing import Any
 
@@ -62,7 +64,28 @@ def summarize(job: dict, records: list[dict], versions: list[dict] | None = None
         "staleness_histogram": {str(k): v for k, v in sorted(staleness.items())},
         "dropped": final.get("flow", {}).get("dropped") or (steps[-1].get("dropped") if steps else {}),
         "timeline_medians": phase_medians(steps),
+        "update_gauges": update_gauge_medians(steps),
         "rolled_back_steps": sum(len(r.get("superseded_steps", [])) for r in records if r.get("rollback")),
         "versions_published": len(versions) if versions is not None else None,
         "newest_version": versions[-1]["version"] if versions else None,
     }
+
+
+def update_gauge_medians(steps: list[dict]) -> dict[str, Any] | None:
+    """Medians over the steps that computed the update gauges (None if none did): neg_share, the gradient
+    norms of the A<0 and A>0 parts and their ratio ‖g⁻‖/‖g⁺‖."""
+    gauged = [r for r in steps if _finite(r.get("neg_share")) and _finite(r.get("grad_norm_neg"))
+              and _finite(r.get("grad_norm_pos")) and r["grad_norm_pos"] > 0]  # fmt: skip
+    if not gauged:
+        return None
+    return {
+        "steps": len(gauged),
+        "neg_share": statistics.median(r["neg_share"] for r in gauged),
+        "grad_norm_neg": statistics.median(r["grad_norm_neg"] for r in gauged),
+        "grad_norm_pos": statistics.median(r["grad_norm_pos"] for r in gauged),
+        "grad_norm_ratio": statistics.median(r["grad_norm_neg"] / r["grad_norm_pos"] for r in gauged),
+    }
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

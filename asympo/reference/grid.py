@@ -4,28 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from asympo.jobs.comparison_files import plot_comparison, save_comparison, write_json
 from asympo.jobs.spec import JobSpec
 from asympo.reference.loop import RunResult, run_reference
-from asympo.reference.report import aggregate, plot_runs, run_log, summary_table, write_json
-
-
-def grid_specs(
-    base: JobSpec, losses: list[str] | None, stalenesses: list[int] | None, seeds: list[int] | None
-) -> list[JobSpec]:
-    """One spec per (loss, staleness, seed); a list left out keeps the base job's value. SpecError if invalid."""
-    losses = losses or [base.algorithm.loss]
-    stalenesses = stalenesses if stalenesses is not None else [base.algorithm.max_staleness]
-    seeds = seeds or [base.seed]
-    return [
-        base.with_overrides({"algorithm.loss": loss, "algorithm.max_staleness": k, "seed": seed})
-        for loss in losses
-        for k in stalenesses
-        for seed in seeds
-    ]
+from asympo.reference.report import compared_run, run_log
 
 
 def run_grid(
-    specs: list[JobSpec], out: Path, cache_dir: Path | None, progress: bool, say=print
+    specs: list[JobSpec],
+    out: Path,
+    cache_dir: Path | None,
+    progress: bool,
+    say=print,
+    command: str | None = None,
 ) -> list[RunResult]:
     """Run each spec (logs and a curve per run); with several, also a comparison plot and table in `out`."""
     several_seeds = len({s.seed for s in specs}) > 1
@@ -43,7 +34,7 @@ def run_grid(
         result = run_reference(spec, label=label, cache_dir=cache_dir, progress=progress, on_eval=save)
         result.out_dir = run_out
         save(result)
-        plot_runs([result], run_out / "curve.png", f"asympo reference loop: {label}")
+        plot_comparison([compared_run(result)], run_out / "curve.png", f"asympo reference loop: {label}")
         results.append(result)
         s = result.summary()
         say(
@@ -52,12 +43,11 @@ def run_grid(
         )
         say(f"  log:  {run_out / 'log.json'}\n  plot: {run_out / 'curve.png'}")
     if not single:
-        write_json(
-            out / "compare.json", {"runs": [r.summary() for r in results], "settings": aggregate(results)}
-        )
-        plot_runs(results, out / "compare.png", "asympo reference loop: comparison (same seeds)")
-        table = summary_table(results)
-        (out / "compare.md").write_text(table + "\n")
+        table = save_comparison(
+            [compared_run(r) for r in results], out, source="reference",
+            title="asympo reference loop: comparison (same seeds)", command=command,
+            base_spec=specs[0].model_dump(mode="json"),
+        )  # fmt: skip
         say("\n" + table)
-        say(f"\ncomparison plot: {out / 'compare.png'}\ncomparison table: {out / 'compare.md'}")
+        say(f"comparison plot: {out / 'compare.png'}\ncomparison table: {out / 'compare.md'}")
     return results

@@ -183,6 +183,11 @@ def run_reference(
             record.update(
                 _update(spec, policy, sampler, optimizer, prompter, problems, groups, rewards, keep, gauges)
             )
+            # One bucket: every sample of a step has the same staleness (the learner's records have several).
+            record["by_staleness"] = {
+                str(record["staleness"]): {"responses": int(keep.sum()) * algo.group_size}
+                | {k: record[k] for k in ("delta", "R", "S_pos", "S_neg")}
+            }
         else:
             record["skipped"] = True
         ring.push(step + 1, _snapshot(policy))

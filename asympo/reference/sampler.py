@@ -46,7 +46,6 @@ class ReferenceSampler:
         self.name = name
         self.batch_prompts = batch_prompts
         self.verify = VERIFIERS[job.spec.verifier]
-        self.grpo = job.spec.algorithm.loss == "grpo"
         self.model = None
         self.tokenizer = None
         self.version = -1
@@ -88,7 +87,6 @@ class ReferenceSampler:
                 [(self.verify(s.text, task.reference), "ok") for s in samples],
                 versions=(version, version),
                 pod=self.name,
-                behavior_logprobs=self.grpo,
             )  # fmt: skip
             for task, samples in zip(tasks, groups)
         ]
@@ -105,7 +103,6 @@ class ReferenceSampler:
                 task.group_size,
                 task.sampling,
                 seed=task.sampling.seed,
-                logprobs=self.grpo,
                 unset_temperature=1.0,
             )
             out += hf_generate_ids(

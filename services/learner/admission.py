@@ -5,8 +5,13 @@ a prompt_id the job never dispatched (injected, or replayed after its claim was 
 and counted `foreign`, not as a prompt of the job; a group for a dispatched prompt that breaks a rule of
 `asympo.bus.scored.group_problem` (reward finite and within bounds, group_size completions, token ids in
 the model's vocabulary, responses no longer than their task's max_new_tokens, prompt and response
-within the model's positions, behavior log-probs for grpo) is dead-lettered with the rule and counted
-`dropped:dead`, after claiming its prompt, so a later copy of it is a duplicate and not trained.
+within the model's positions) is dead-lettered with the rule and counted `dropped:dead`, after claiming
+its prompt, so a later copy of it is a duplicate and not trained.
+
+For `grpo` the learner recomputes behavior log-probs from the weights of the version that generated a
+group (behavior.py); a group whose version this rank no longer keeps (after a restart from a checkpoint,
+or older than a raised max_staleness allows) is dropped as `no_behavior_version`, here and again when a
+step takes its buffered groups.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from asympo.bus import Delivery, SeenPrompts, StreamConsumer, encode
 from asympo.bus.flow import FOREIGN, Origin, forget_dispatched, origins
 from asympo.bus.scored import GroupLimits, group_problem
 
+from .behavior import BehaviorPolicies
 from .control import JobControl
 from .job_context import JobContext
+
+NO_BEHAVIOR_VERSION = "no_behavior_version"
 
 
 def group_limits(model, spec) -> GroupLimits:
@@ -28,17 +36,21 @@ def group_limits(model, spec) -> GroupLimits:
     if head is not None:
         rows.append(head.weight.shape[0])  # a DTensor's shape is the whole tensor's
     positions = getattr(model.config, "max_position_embeddings", None)
-    return GroupLimits(spec.algorithm.group_size, min(rows), positions, spec.algorithm.loss == "grpo")
+    return GroupLimits(spec.algorithm.group_size, min(rows), positions)
 
 
 class Admission:
     """This rank's buffer of groups admitted for training, filled from its consumer of the groups stream."""
 
-    def __init__(self, ctx: JobContext, consumer: StreamConsumer, control: JobControl, limits: GroupLimits):
+    def __init__(
+        self, ctx: JobContext, consumer: StreamConsumer, control: JobControl, limits: GroupLimits,
+        behavior: BehaviorPolicies | None = None,
+    ):  # fmt: skip
         self.ctx = ctx
         self.consumer = consumer
         self.control = control
         self.limits = limits
+        self.behavior = behavior  # grpo: the versions whose behavior log-probs can be recomputed
         self.seen = SeenPrompts(ctx.redis, ctx.keys, ctx.fence)
         self.buffer: list[Delivery] = []
         # Generated work that reached the learner, used or not (for throughput: tokens generated per second).
@@ -46,6 +58,9 @@ class Admission:
 
     def _stale(self, d: Delivery) -> bool:
         return self.ctx.staleness(d.message.gen_version_start) > self.ctx.max_staleness
+
+    def _unversioned(self, d: Delivery) -> bool:
+        return self.behavior is not None and not self.behavior.holds(d.message.gen_version_start)
 
     async def admit(self, deliveries: list[Delivery], recovered: bool = False) -> None:
         """Sort deliveries into the buffer, dead-lettering bad groups and dropping duplicates, stale and
@@ -66,7 +81,12 @@ class Admission:
                 known.append((d, origin))
         pairs = [(d.message.prompt_id, d.entry_id) for d, _ in known]
         firsts = await self.seen.claim(pairs, self.ctx.progress.version)
-        dropped: dict[str, list[Delivery]] = {"duplicate": [], "stale": [], "zero_variance": []}
+        dropped: dict[str, list[Delivery]] = {
+            "duplicate": [],
+            "stale": [],
+            NO_BEHAVIOR_VERSION: [],
+            "zero_variance": [],
+        }
         for (d, origin), first in zip(known, firsts):
             g = d.message
             problem = group_problem(g, self.limits, origin.max_new_tokens) if first else None
@@ -76,6 +96,8 @@ class Admission:
                 await self.dead_letter(d, problem)
             elif self._stale(d):
                 dropped["stale"].append(d)
+            elif self._unversioned(d):
+                dropped[NO_BEHAVIOR_VERSION].append(d)
             elif self.ctx.spec.algorithm.drop_zero_variance and len({c.reward for c in g.completions}) <= 1:
                 dropped["zero_variance"].append(d)
             else:
@@ -106,10 +128,13 @@ class Admission:
 
     async def collect(self, need: int) -> bool:
         """Fill the buffer to `need` usable groups; False if the job stopped meanwhile."""
-        # Groups kept from an interrupted step may have gone stale since.
+        # Groups kept from an interrupted step may have gone stale since, or (grpo) been admitted while
+        # resuming, before the ring held the version the learner resumed at.
         stale = [d for d in self.buffer if self._stale(d)]
-        self.buffer = [d for d in self.buffer if not self._stale(d)]
+        unversioned = [d for d in self.buffer if not self._stale(d) and self._unversioned(d)]
+        self.buffer = [d for d in self.buffer if not self._stale(d) and not self._unversioned(d)]
         await self.discard(stale, "stale")
+        await self.discard(unversioned, NO_BEHAVIOR_VERSION)
         last_check = time.monotonic()
         while len(self.buffer) < need:
             batch = await self.consumer.read(need - len(self.buffer), block_ms=500)

@@ -117,6 +117,9 @@ class VersionCommits:
             ctx.progress.version = newest
             await self.publish()
             await self.checkpoint()
+        behavior = policy.trainer.behavior
+        if behavior is not None:  # grpo: the weights resumed with are the only version kept so far
+            await asyncio.to_thread(behavior.record, ctx.progress.version, ctx.max_staleness + 1)
         if w.is_main:
             counted, found = await reconcile(ctx.redis, ctx.keys, ctx.fence)
             if counted != found:

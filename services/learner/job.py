@@ -119,7 +119,7 @@ class JobRun:
         )
         trainer = Trainer(
             model, optimizer, w, spec.algorithm, tokenizer.pad_token_id,
-            ctx.settings.micro_batch_rows, ctx.settings.micro_batch_tokens,
+            ctx.settings.micro_batch_rows, ctx.settings.micro_batch_tokens, spec.eval.gauges_every,
         )  # fmt: skip
         publisher = (await asyncio.to_thread(load_policy, path, "float32", "cpu"))[0] if w.is_main else None
         self.policy = LoadedPolicy(model, optimizer, tokenizer, prompter, trainer, publisher)
@@ -127,7 +127,7 @@ class JobRun:
             ctx.redis, ctx.keys.groups, GROUP_LEARNER, f"rank{w.rank}", bus_pb2.ScoredGroup,
             dead_stream=ctx.keys.dead, job_id=ctx.job_id, claim_idle_s=10**7, flow_key=ctx.keys.flow,
         )  # fmt: skip
-        self.admission = Admission(ctx, consumer, self.control, group_limits(model, spec))
+        self.admission = Admission(ctx, consumer, self.control, group_limits(model, spec), trainer.behavior)
         evaluation = None
         if w.is_main and spec.eval.every:
             if spec.eval_engine() == "rollout":
@@ -241,7 +241,8 @@ class JobRun:
         staleness = [ctx.staleness(g.gen_version_start) for g in groups]
         self.attempts += 1
         t1 = time.perf_counter()
-        stats = await asyncio.to_thread(self.policy.trainer.step, groups, failpoints.injected(self.attempts))
+        fault, trainer = failpoints.injected(self.attempts), self.policy.trainer
+        stats = await asyncio.to_thread(trainer.step, groups, fault, ctx.progress.step + 1, staleness)
         timeline["train"] = time.perf_counter() - t1
         if stats.get("skipped"):
             await self._skipped(batch, stats)

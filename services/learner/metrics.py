@@ -20,7 +20,8 @@ class LearnerMetrics:
         self.tokens_per_s = m.gauge("tokens_per_second", "trained tokens per second")
         self.groups_trained = m.counter("groups_trained", "groups trained on")
         self.groups_dropped = m.counter("groups_dropped", "groups not trained on", ("reason",))
-        for reason in ("stale", "duplicate", "zero_variance", "dead", "foreign", "non_finite", "rolled_back"):
+        for reason in ("stale", "duplicate", "zero_variance", "dead", "foreign", "non_finite", "rolled_back",
+                       "no_behavior_version"):  # fmt: skip
             self.groups_dropped.labels(reason)  # exported as 0 from the start, so rate() has a baseline
         self.groups_invalid = m.counter(
             "groups_invalid",
@@ -41,6 +42,25 @@ class LearnerMetrics:
         self.heldout_mean_at_k = m.gauge("heldout_mean_at_k", "held-out mean reward of k samples per prompt")
         self.heldout_version = m.gauge("heldout_version", "policy version of the newest held-out evaluation")
         self.grad_norm = m.gauge("grad_norm", "gradient norm before clipping")
+        # The update gauges (services/learner/update_gauges.py), set on steps that compute them.
+        self.neg_share = m.gauge(
+            "neg_share", "<g-, g> / |g|^2: the A<0 responses' share of the last gauged update"
+        )
+        self.grad_norm_neg = m.gauge(
+            "grad_norm_neg", "|g-|: gradient norm of the A<0 responses' part of the loss"
+        )
+        self.grad_norm_pos = m.gauge(
+            "grad_norm_pos", "|g+|: gradient norm of the A>0 responses' part of the loss"
+        )
+        # Per staleness of the last step's groups; only the buckets that step had are exported.
+        self.delta_by_staleness = m.gauge(
+            "delta_by_staleness",
+            "Δ = (1/n) Σ A S over the last step's responses of one staleness",
+            ("staleness",),
+        )
+        self.balance_ratio_by_staleness = m.gauge(
+            "balance_ratio_by_staleness", "R over the last step's responses of one staleness", ("staleness",)
+        )
         self.publish_seconds = m.histogram("publish_seconds", "gather + write + announce a version", _SECONDS)
         self.phase_seconds = m.histogram(
             "step_phase_seconds",

@@ -57,7 +57,8 @@ class Publication:
         self._task = None
 
     async def snapshot(self, publishing: bool, timeline: dict) -> dict | None:
-        """Every rank: the full weights of a version to publish (rank 0's copy); the version counts as taken."""
+        """Every rank: the full weights of a version to publish (rank 0's copy); the version counts as taken
+        (grpo: each rank also keeps its shard of it for behavior log-probs, behavior.py)."""
         if not publishing:
             return None
         t0 = time.perf_counter()
@@ -68,6 +69,10 @@ class Publication:
         else:
             # Only rank 0 announces and dispatches; the others just judge staleness by the new number.
             self.ctx.progress.version += 1
+        behavior = self.commits.policy.trainer.behavior
+        if behavior is not None:  # grpo: the ranks keep their shards of it for behavior log-probs
+            version = self.ctx.progress.version + self.ctx.unannounced
+            await asyncio.to_thread(behavior.record, version, self.ctx.max_staleness + 1)
         return state
 
     def start(self, state, stats: dict, trained: list, timeline: dict, t0: float) -> None:

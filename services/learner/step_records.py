@@ -38,6 +38,21 @@ def pod_phases(per_rank: list[tuple[int, list[float]]]) -> dict[str, float]:
     return {p: sum(sums[i] for _, sums in per_rank) / max(1, n) for i, p in enumerate(POD_PHASES)}
 
 
+def _set_update_gauges(m, stats: dict) -> None:
+    """The update gauges when the step computed them, and Δ and R of each staleness bucket the step had."""
+    for gauge, key in ((m.neg_share, "neg_share"), (m.grad_norm_neg, "grad_norm_neg"),
+                       (m.grad_norm_pos, "grad_norm_pos")):  # fmt: skip
+        if math.isfinite(stats.get(key, math.nan)):
+            gauge.set(stats[key])
+    # Buckets of earlier steps go: a gauge left at an old bucket's value would read as current.
+    m.delta_by_staleness.clear()
+    m.balance_ratio_by_staleness.clear()
+    for staleness, bucket in (stats.get("by_staleness") or {}).items():
+        for gauge, key in ((m.delta_by_staleness, "delta"), (m.balance_ratio_by_staleness, "R")):
+            if math.isfinite(bucket.get(key, math.nan)):
+                gauge.labels(staleness).set(bucket[key])
+
+
 class StepRecords:
     """The job's steps stream and metrics: a record per step and per evaluation (rank 0 writes them)."""
 
@@ -72,6 +87,7 @@ class StepRecords:
                            (m.reward_std, "reward_std"), (m.accuracy, "accuracy"), (m.grad_norm, "grad_norm")):  # fmt: skip
             if math.isfinite(stats.get(key, math.nan)):
                 gauge.set(stats[key])
+        _set_update_gauges(m, stats)
         return {
             "step": step, "version": self.ctx.progress.version,
             "time": time.time(), "seconds": seconds, "publish_seconds": publish_s, "prompt_ids": prompt_ids,

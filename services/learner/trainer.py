@@ -20,12 +20,15 @@ from dataclasses import dataclass
 import torch
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from asympo.algo import group_advantages, policy_loss
+from asympo.algo import group_advantages, negative_part, policy_loss
 from asympo.jobs.spec import AlgorithmSpec
 from asympo.models.response_logprobs import pack_responses, response_logprobs, response_start
 from asympo.proto.v1 import bus_pb2
 
+from .behavior import BehaviorPolicies, behavior_tensor
 from .distributed import World, all_min, all_sum
+from .staleness_buckets import StalenessBuckets, tag_staleness
+from .update_gauges import is_gauge_step, negative_gradient, update_gauges
 
 
 def shard_model(model: torch.nn.Module, world: World) -> torch.nn.Module:
@@ -53,7 +56,9 @@ class Row:
     prompt: list[int]
     response: list[int]
     advantage: float
-    behavior: list[float]
+    version: int = 0  # the policy version that generated it (grpo: its behavior policy)
+    behavior: list[float] | None = None  # grpo: set by behavior.py; None: the current log-probs
+    staleness: int = 0  # of its group: versions between generation and the weights being trained
 
 
 def group_rows(
@@ -78,7 +83,7 @@ def group_rows(
         else:
             A = group_advantages(rewards, norm=algo.adv_norm)
         for c, a in zip(g.completions, A[0].tolist()):
-            rows.append(Row(list(g.prompt_token_ids), list(c.token_ids), a, list(c.behavior_logprobs)))
+            rows.append(Row(list(g.prompt_token_ids), list(c.token_ids), a, g.gen_version_start))
     mean = r_sum / max(1.0, n)
     stats = {
         "responses": n,
@@ -101,6 +106,7 @@ class Trainer:
         pad_id: int,
         micro_batch_rows: int = 64,
         micro_batch_tokens: int = 1 << 30,
+        gauges_every: int = 0,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -109,18 +115,27 @@ class Trainer:
         self.pad_id = pad_id
         self.micro_batch_rows = micro_batch_rows
         self.micro_batch_tokens = micro_batch_tokens
+        # grpo: the recent versions' weights, for behavior log-probs the pods no longer send.
+        self.behavior = BehaviorPolicies(model, world, pad_id) if algo.loss == "grpo" else None
+        self.gauges_every = gauges_every  # eval.gauges_every: steps between update gauges (update_gauges.py)
 
-    def step(self, groups: list[bus_pb2.ScoredGroup], fault: str = "") -> dict[str, float]:
+    def step(
+        self,
+        groups: list[bus_pb2.ScoredGroup],
+        fault: str = "",
+        step: int = 0,
+        staleness: list[int] | None = None,
+    ) -> dict:
         """Train on this rank's groups; every rank must call it together. Returns global statistics, with
-        `skipped` and its `cause` when nothing was applied; `fault` is a test's (failpoints.FAULTS)."""
+        `skipped` and its `cause` when nothing was applied; `fault` is a test's (failpoints.FAULTS). `step`
+        (1-based) decides the update gauges; `staleness` (one per group) splits the balance gauges."""
         t0 = time.perf_counter()
         algo, world = self.algo, self.world
-        if algo.loss == "grpo" and any(not c.behavior_logprobs for g in groups for c in g.completions):
-            raise ValueError(
-                "loss 'grpo' needs behavior_logprobs in every completion; the rollout pods sent none"
-            )
         rows, stats = group_rows(groups, algo, world)
+        tag_staleness(rows, groups, staleness)
         rows.sort(key=lambda r: len(r.prompt) + len(r.response))
+        if self.behavior is not None:
+            stats.update(self.behavior.fill(rows, self._micro_batches))
         local_tokens = sum(len(r.response) for r in rows)
         (global_tokens,) = all_sum([local_tokens], world)
         chunks = self._micro_batches(rows)
@@ -132,15 +147,19 @@ class Trainer:
         sums = dict.fromkeys(("loss", "AS", "pos_mass", "neg_mass", "S_pos", "S_neg", "n_pos", "n_neg"), 0.0)
         clip_hits = dict.fromkeys(("clip_high_frac", "clip_low_frac", "clip_frac"), 0.0)
         self.model.train()
+        gauge = is_gauge_step(step, self.gauges_every)
+        g_neg = negative_gradient(self, chunks, n_micro, options) if gauge else None
+        buckets = StalenessBuckets()
         for i in range(n_micro):
             if i < len(chunks):
-                self._micro_step(chunks[i], options, sums, clip_hits)
+                buckets.add(chunks[i], self._micro_step(chunks[i], options, sums, clip_hits))
             else:
                 self._idle_micro_step()
         if fault and world.is_main:
             if fault == "nonfinite_grad":
                 next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(math.nan)
             sums["loss"] = math.nan if fault == "nonfinite_loss" else sums["loss"]
+        gauges = update_gauges(g_neg, self.model, world) if gauge else {}  # before clipping
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), algo.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
@@ -163,10 +182,12 @@ class Trainer:
                 "tokens": global_tokens,
                 "grad_norm": float(grad_norm),
                 "train_seconds": time.perf_counter() - t0,
+                "by_staleness": buckets.merged(world),
+                **gauges,
             }
         )
         for k in clip_hits:
-            if totals[k]:
+            if totals[k] or (k == "clip_frac" and algo.loss == "grpo"):  # grpo's is always reported
                 stats[k] = totals[k] / max(1.0, global_tokens)
         if skip:
             stats.update(skipped=True, cause=cause or "non-finite loss or gradient on another rank")
@@ -192,7 +213,10 @@ class Trainer:
                 chunks.append([row])
         return chunks
 
-    def _micro_step(self, chunk: list[Row], options: dict, sums: dict, clip_hits: dict) -> None:
+    def _micro_step(
+        self, chunk: list[Row], options: dict, sums: dict, clip_hits: dict, negative: bool = False
+    ) -> torch.Tensor | None:
+        """Forward and backward of one micro-batch; returns its rows' mean token NLLs S (None if `negative`)."""
         device = self.world.device
         prompts = [r.prompt for r in chunk]
         input_ids, attention, mask = (
@@ -202,13 +226,15 @@ class Trainer:
         mask = mask[:, first:]
         A = torch.tensor([r.advantage for r in chunk], device=device)
         kw = dict(options)
-        if self.algo.loss == "grpo":
-            behavior = torch.zeros_like(mask)
-            for j, r in enumerate(chunk):
-                start = len(r.prompt) - 1 - first
-                behavior[j, start : start + len(r.behavior)] = torch.tensor(r.behavior, device=device)
-            kw["behavior_logprobs"] = behavior
         logprobs = response_logprobs(self.model, input_ids, attention, first)
+        if self.algo.loss == "grpo":
+            kw["behavior_logprobs"] = behavior_tensor(chunk, logprobs, first)
+        if negative:  # the update gauges' first pass: the A<0 rows' part of the loss only
+            part = negative_part(self.algo.loss, logprobs, mask, A, **kw)
+            # A micro-batch without A<0 rows still joins FSDP's backward, with a zero loss.
+            zero = torch.where(mask.bool(), logprobs, 0.0).sum() * 0.0
+            ((zero if part is None else part) * self.world.size).backward()
+            return None
         loss, s = policy_loss(self.algo.loss, logprobs, mask, A, **kw)
         (loss * self.world.size).backward()
         # The balance gauges over the global batch are sums of per-row terms; rebuild them from S and A.
@@ -228,6 +254,7 @@ class Trainer:
         for k in clip_hits:
             if k in s:
                 clip_hits[k] += s[k] * tokens  # back to counts; divided by the global tokens at the end
+        return S
 
     def _idle_micro_step(self) -> None:
         # A rank with fewer micro-batches still joins FSDP's all-gathers and reduce-scatters; zero loss.

@@ -94,10 +94,9 @@ class BatchProcessor:
         tasks = [d.message for d in batch]
         for d in batch:
             self.metrics.queue_wait.observe(max(0.0, t_start - int(d.entry_id.split("-")[0]) / 1000))
-        grpo = self.job is not None and self.job.spec.algorithm.loss == "grpo"
         async with self.model.lock:
             version_start = self.model.serving().version
-            requests = [self._request(t, grpo) for t in tasks]
+            requests = [self._request(t) for t in tasks]
             t0 = time.perf_counter()
             groups = await asyncio.to_thread(self.model.engine.generate, requests)
             gen_s = time.perf_counter() - t0
@@ -125,7 +124,7 @@ class BatchProcessor:
         # Thousands of completions take a while to wrap; off the event loop, the claim keeps being renewed.
         out = await asyncio.to_thread(
             self._scored_groups, batch, requests, groups, rewards, t_start, (version_start, version_end),
-            bus_pb2.Timings(generate_s=gen_s, score_s=score_s, reload_s=reload_s, publish_s=self.publish_s), grpo,
+            bus_pb2.Timings(generate_s=gen_s, score_s=score_s, reload_s=reload_s, publish_s=self.publish_s),
         )  # fmt: skip
         t2 = time.perf_counter()
         await consumer.ack_and_publish([d.entry_id for d in batch], keys.groups, out)
@@ -135,7 +134,7 @@ class BatchProcessor:
         self.board.published(len(out))
         self.metrics.tokens_per_s.set(self.board.rate.per_s())
 
-    def _scored_groups(self, batch, requests, groups, rewards, t_start, versions, timings, grpo):
+    def _scored_groups(self, batch, requests, groups, rewards, t_start, versions, timings):
         """The batch's ScoredGroup messages: each task's completions with their rewards."""
         out = []
         for d, request, group, scores in zip(batch, requests, groups, rewards):
@@ -144,17 +143,17 @@ class BatchProcessor:
             out.append(
                 scored_group(
                     task, request.prompt_token_ids, group, [(r.reward, r.status) for r in scores],
-                    versions=versions, pod=self.settings.pod, behavior_logprobs=grpo,
+                    versions=versions, pod=self.settings.pod,
                     timings=bus_pb2.Timings(queued_s=queued, generate_s=timings.generate_s, score_s=timings.score_s,
                                             reload_s=timings.reload_s, publish_s=timings.publish_s),
                 )
             )  # fmt: skip
         return out
 
-    def _request(self, task: bus_pb2.PromptTask, grpo: bool) -> GenRequest:
+    def _request(self, task: bus_pb2.PromptTask) -> GenRequest:
         ids = list(task.prompt_token_ids) or self.model.engine.tokenizer(task.prompt).input_ids
         return GenRequest.from_sampling(
-            ids, task.group_size, task.sampling, seed=task.sampling.seed, logprobs=grpo, unset_temperature=1.0
+            ids, task.group_size, task.sampling, seed=task.sampling.seed, unset_temperature=1.0
         )
 
     async def _score_all(self, tasks: list[bus_pb2.PromptTask], groups: list[list[GenSample]]) -> list[list]:

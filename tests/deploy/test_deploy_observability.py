@@ -72,6 +72,8 @@ REQUIRED_PANELS = {
     "Step time",
     "GPU utilization (DCGM, optional)",
     "Redis memory: used vs maxmemory",
+    "Update gauges: neg_share and gradient norms",
+    "Delta and balance ratio R by staleness",
 }
 REQUIRED_ALERTS = {
     "AsympoRolloutPodStuckOnOldVersion",

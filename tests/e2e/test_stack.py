@@ -198,6 +198,34 @@ def test_poison_specs_get_short_422s_and_the_next_job_runs(stack):
     assert {n: p["pid"] for n, p in after.items()} == before and all(p["running"] for p in after.values())
 
 
+def test_compare_tells_naive_from_asympo_through_the_stack(stack, tmp_path):
+    """The paper's comparison as a user runs it: at max_staleness 8 (what the pods produce: ~8) naive ends
+    below its warm start or 15+ points under ASymPO, which learns; 3 seeds, 200 steps each (~3 min)."""
+    s, client, home = stack
+    out = tmp_path / "compare"
+    args = ("--loss", "asympo,naive", "--staleness", "8", "--seeds", "0,1,2", "--set", "eval.every=200")
+    proc = asympo(home, "compare", str(JOB), *args, "--out", str(out), "--no-progress", timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((out / "compare.json").read_text())
+    runs = data["runs"]
+    assert [(r["loss"], r["seed"], r["state"]) for r in runs] == [
+        (loss, seed, "succeeded") for loss in ("asympo", "naive") for seed in (0, 1, 2)
+    ]
+    for r in runs:
+        hist = {int(k): v for k, v in r["staleness_histogram"].items()}
+        assert max(hist) <= 8 and sum(hist.values()) == 200 * 16, (
+            hist
+        )  # every step's groups, within the bound
+        assert r["staleness_mean"] >= 4, hist  # the pods ran ahead: the samples really were stale
+        assert len([x for x in r["records"] if x.get("prompt_ids")]) == 200  # per-step records kept
+    by = {a["loss"]: a for a in data["settings"]}
+    warm, asympo_acc, naive = by["asympo"]["initial_accuracy"], by["asympo"]["final_accuracy"], by["naive"]
+    assert naive["final_accuracy"] < warm or naive["final_accuracy"] <= asympo_acc - 0.15, data["settings"]
+    assert asympo_acc >= warm + 0.10, data["settings"]  # fails when the learner trains naive for "asympo"
+    assert "| naive | 8 |" in (out / "compare.md").read_text()
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_down_leaves_no_process_of_the_stack(stack):
     s, client, home = stack
     groups = {n: p["pid"] for n, p in s.status()["processes"].items() if p["pid"]}

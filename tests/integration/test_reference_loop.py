@@ -50,6 +50,8 @@ def test_cli_run_writes_log_and_plot_and_samples_exactly_k_stale(tmp_path, tiny_
     assert trained, "every step was skipped"
     for s in trained:
         assert {"delta", "R", "S_pos", "S_neg", "loss", "grad_norm", "reward_mean"} <= set(s)
+        assert list(s["by_staleness"]) == [str(s["staleness"])]  # one staleness per step here
+        assert s["by_staleness"][str(s["staleness"])]["delta"] == s["delta"]
     # The update gauges every eval.gauges_every (10) steps, and they measure: neither side is empty.
     gauged = [s for s in trained if "neg_share" in s]
     assert [s["step"] for s in gauged] == [t for t in (0, 10) if t in {s["step"] for s in trained}]
@@ -80,7 +82,10 @@ def test_cli_compare_mode_runs_every_combination(tmp_path, tiny_cache, tiny_mode
     grpo_steps = json.loads((out / "grpo-k1-s0" / "log.json").read_text())["steps"]
     assert all("clip_frac" in s for s in grpo_steps if not s.get("skipped"))
     assert (out / "compare.png").read_bytes()[:8] == PNG_MAGIC
-    assert "| grpo | 1 | 2 |" in (out / "compare.md").read_text()
+    md = (out / "compare.md").read_text()
+    # Staleness 1 from the second step on: the trained groups' mean staleness over 3 steps is 2/3.
+    assert "| grpo | 1 | 0.67 | 2 |" in md and "| grpo-k1-s0 | – | succeeded |" in md
+    assert compare["source"] == "reference" and compare["runs"][0]["records"][2]["staleness"] == 1
 
 
 def test_bad_cli_input_names_the_field(tmp_path, tiny_cache):

@@ -54,7 +54,7 @@ async def check_history(redis, keys: JobKeys, spec: JobSpec) -> dict:
                 pass
     assert not set(dropped) & set(trained), set(dropped) & set(trained)
     by_reason = Counter(r.split(":")[0] for r in dropped.values())
-    for reason in ("stale", "zero_variance", "non_finite", "rolled_back"):
+    for reason in ("stale", "zero_variance", "non_finite", "rolled_back", "no_behavior_version"):
         assert by_reason[reason] == flow.dropped[reason], (reason, by_reason, flow.dropped)
     assert by_reason["dead"] == flow.dropped["dead"], (by_reason, flow.dropped)
     assert foreign == flow.foreign, (foreign, flow)

@@ -54,11 +54,15 @@ class LearnerRun:
         )  # fmt: skip
         return self.learner
 
-    async def start_sampler(self, timeout_s: float = 120, when=lambda j: j.state == "running") -> None:
-        """Start sampling once `when(job)` holds (by default: running, so version 0 is out)."""
+    async def start_sampler(
+        self, timeout_s: float = 120, when=lambda j: j.state == "running", batch_prompts: int | None = None
+    ) -> None:
+        """Start sampling once `when(job)` holds (by default: running, so version 0 is out), `batch_prompts`
+        tasks per batch (by default a step's)."""
         job = await self.wait_for(when, timeout_s)
         self.sampler_stop = asyncio.Event()  # a sampler stopped before may be started again
-        sampler = ReferenceSampler(self.redis, job, batch_prompts=self.spec.algorithm.prompts_per_step)
+        batch = batch_prompts or self.spec.algorithm.prompts_per_step
+        sampler = ReferenceSampler(self.redis, job, batch_prompts=batch)
         self.sampler_task = asyncio.ensure_future(sampler.run(self.sampler_stop))
 
     async def wait_for(self, predicate, timeout_s: float) -> JobRecord:

@@ -12,15 +12,12 @@ from services.learner.housekeeping import dead_cause
 LIMITS = GroupLimits(group_size=2, vocab_size=100, max_positions=32)
 
 
-def group(rewards=(1.0, 0.0), tokens=((5, 6), (7,)), prompt=(1, 2, 3), logprobs=None):
+def group(rewards=(1.0, 0.0), tokens=((5, 6), (7,)), prompt=(1, 2, 3)):
     return bus_pb2.ScoredGroup(
         job_id="j",
         prompt_id="p",
         prompt_token_ids=list(prompt),
-        completions=[
-            bus_pb2.Completion(token_ids=list(t), reward=r, behavior_logprobs=logprobs or [])
-            for r, t in zip(rewards, tokens)
-        ],
+        completions=[bus_pb2.Completion(token_ids=list(t), reward=r) for r, t in zip(rewards, tokens)],
     )
 
 
@@ -57,13 +54,6 @@ def test_lengths_are_bounded_by_the_task_and_the_model():
     assert rule(group(tokens=((5,) * 30, (7,))), max_new_tokens=None) == "response_length"  # 3 + 30 > 32
     assert rule(group(prompt=(1,) * 32)) == "prompt_length"
     assert rule(group(prompt=())) == "prompt_length"
-
-
-def test_grpo_needs_finite_behavior_logprobs_for_every_token():
-    grpo = GroupLimits(group_size=2, vocab_size=100, behavior_logprobs=True)
-    assert rule(group(tokens=((5,), (7,)), logprobs=[-0.1]), grpo) is None
-    assert rule(group(tokens=((5, 6), (7,)), logprobs=[-0.1]), grpo) == "behavior_logprobs"
-    assert rule(group(tokens=((5,), (7,)), logprobs=[math.nan]), grpo) == "behavior_logprobs"
 
 
 def test_dead_letter_causes_ignore_what_varies_between_entries():

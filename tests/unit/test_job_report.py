@@ -40,6 +40,26 @@ def test_report_files(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"summary.json", "steps.json", "curves.png"}
 
 
+def test_update_gauges_are_summarized_and_plotted(tmp_path):
+    steps = records()
+    assert summarize(JOB, steps)["update_gauges"] is None  # no step computed them
+    steps[1].update(neg_share=0.3, grad_norm_neg=1.0, grad_norm_pos=2.0)
+    steps[2].update(neg_share=0.5, grad_norm_neg=3.0, grad_norm_pos=2.0)
+    gauges = summarize(JOB, steps)["update_gauges"]
+    assert gauges == pytest.approx(
+        {"steps": 2, "neg_share": 0.4, "grad_norm_neg": 2.0, "grad_norm_pos": 2.0, "grad_norm_ratio": 1.0}
+    )
+    write_report(JOB, steps, [], tmp_path)
+    plain = tmp_path / "plain"
+    write_report(JOB, records(), [], plain)
+    # The gauges get a fifth panel: a wider figure.
+    assert _png_width(tmp_path / "curves.png") > _png_width(plain / "curves.png")
+
+
+def _png_width(path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
 def test_timeline_medians_split_critical_path_background_and_pods():
     def step(i, train, wait, save):
         return {"step": i, "time": 100.0 + i, "seconds": wait + train + 0.01, "prompt_ids": ["p"],

@@ -1,8 +1,10 @@
 """The protos: checked-in stubs are current, and the bus contract (docs/architecture.md, "Messages") holds."""
 
 import pickle
+import struct
 
 import pytest
+from google.protobuf import descriptor_pb2
 
 from asympo.proto import codegen
 from asympo.proto.v1 import bus_pb2, learner_pb2, reward_pb2, rollout_pb2
@@ -14,9 +16,7 @@ BUS_CONTRACT = {
         "job_id": 1, "prompt_id": 2, "prompt": 3, "prompt_token_ids": 4, "reference": 5,
         "group_size": 6, "sampling": 7, "dispatch_version": 8, "verifier": 9,
     },
-    "Completion": {
-        "token_ids": 1, "text": 2, "reward": 3, "finish_reason": 4, "reward_status": 5, "behavior_logprobs": 6,
-    },
+    "Completion": {"token_ids": 1, "text": 2, "reward": 3, "finish_reason": 4, "reward_status": 5},
     "Timings": {"queued_s": 1, "generate_s": 2, "score_s": 3, "reload_s": 4, "publish_s": 5},
     "ScoredGroup": {
         "job_id": 1, "prompt_id": 2, "prompt_token_ids": 3, "completions": 4, "gen_version_start": 5,
@@ -53,6 +53,20 @@ def test_bus_field_names_and_numbers_are_the_contract(message):
         assert fields.get(name) == number, (
             f"{message}.{name} must be field {number}, found {fields.get(name)}"
         )
+
+
+def test_completions_carry_no_log_probs_and_field_6_stays_retired():
+    """The bus never carries behavior log-probs: the field is gone and its number and name are reserved."""
+    proto = descriptor_pb2.DescriptorProto()
+    bus_pb2.Completion.DESCRIPTOR.CopyToProto(proto)
+    assert "behavior_logprobs" not in bus_pb2.Completion.DESCRIPTOR.fields_by_name
+    assert [(r.start, r.end) for r in proto.reserved_range] == [(6, 7)]  # end is exclusive
+    assert list(proto.reserved_name) == ["behavior_logprobs"]
+    # A completion from a pod of an earlier release still decodes; its log-probs are ignored.
+    old = bus_pb2.Completion(token_ids=[4, 5], reward=1.0).SerializeToString()
+    old += bytes([6 << 3 | 2, 8]) + struct.pack("<2f", -0.5, -1.25)  # field 6, packed floats
+    c = bus_pb2.Completion.FromString(old)
+    assert list(c.token_ids) == [4, 5] and c.reward == 1.0
 
 
 def test_services_have_the_rpcs_of_the_architecture():

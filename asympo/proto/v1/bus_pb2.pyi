@@ -43,20 +43,18 @@ class PromptTask(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., prompt_id: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., reference: _Optional[str] = ..., group_size: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., dispatch_version: _Optional[int] = ..., verifier: _Optional[str] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("token_ids", "text", "reward", "finish_reason", "reward_status", "behavior_logprobs")
+    __slots__ = ("token_ids", "text", "reward", "finish_reason", "reward_status")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     REWARD_STATUS_FIELD_NUMBER: _ClassVar[int]
-    BEHAVIOR_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
     reward: float
     finish_reason: str
     reward_status: str
-    behavior_logprobs: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., reward: _Optional[float] = ..., finish_reason: _Optional[str] = ..., reward_status: _Optional[str] = ..., behavior_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., reward: _Optional[float] = ..., finish_reason: _Optional[str] = ..., reward_status: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("queued_s", "generate_s", "score_s", "reload_s", "publish_s")
