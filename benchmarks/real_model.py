@@ -122,7 +122,12 @@ def main(argv: list[str] | None = None) -> dict:
 def measure(args: argparse.Namespace, argv: list[str] | None, work: Path) -> dict:
     """Run the benchmark with its scratch files under work."""
     spec = JobSpec.load(args.job).with_overrides(
-        {"algorithm.steps": args.steps, "eval.every": args.steps, "checkpoint.every": 0}
+        {
+            "algorithm.steps": args.steps,
+            "eval.every": args.steps,
+            "checkpoint.every": 0,
+            "eval.gauges_every": 0,
+        }
     )
     model_dir = resolve_model_path(spec, args.model_cache)  # a gguf: model is imported once, into the cache
     print("1/3 the job through the local stack", file=sys.stderr)

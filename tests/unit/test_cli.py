@@ -22,6 +22,7 @@ def test_help_lists_the_commands():
         "watch",
         "report",
         "models",
+        "compare",
     ):
         assert command in out.output
 
@@ -66,3 +67,21 @@ def test_cpus_option_parses_lists_and_ranges_and_names_bad_items():
     for bad in ("pods=0", "learner=", "learner=a", "learner"):
         with pytest.raises(ValueError, match="--cpus"):
             parse_cpus([bad])
+
+
+def test_compare_without_a_stack_says_to_start_one(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("algorithm:\n  steps: 3\n")
+    url = "http://127.0.0.1:9"  # the discard port: nothing answers HTTP there
+    out = runner.invoke(app, ["--home", str(tmp_path), "--url", url, "--token", "t", "compare", str(job),
+                              "--loss", "asympo,naive", "--out", str(tmp_path / "cmp")])  # fmt: skip
+    assert out.exit_code == 2, out.output
+    assert "no asympo gateway answers at http://127.0.0.1:9" in out.output and "asympo up" in out.output
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_compare_names_a_bad_loss_before_running_anything(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("algorithm:\n  steps: 3\n")
+    out = runner.invoke(app, ["--home", str(tmp_path), "compare", str(job), "--loss", "asympo,reinforce"])
+    assert out.exit_code == 2 and "algorithm.loss" in out.output, out.output
