@@ -122,7 +122,11 @@ def _run_on_stack(c: GatewayClient, base, specs, out: Path, command, progress: b
                     break
                 time.sleep(poll_s)
             done_steps += spec.algorithm.steps
-            runs.append(run_from_job(job, c.metrics(job_id, last=1_000_000), time.monotonic() - t0))
+            records = c.metrics(job_id, last=1_000_000)
+            if records and not any(r.get("step") == 0 for r in records):
+                typer.echo(f"\nwarning: {job_id}: the gateway sent only its newest {len(records)} records (its "
+                           "metrics_limit), without the warm start's evaluation: raise ASYMPO_GATEWAY_METRICS_LIMIT", err=True)  # fmt: skip
+            runs.append(run_from_job(job, records, time.monotonic() - t0))
             job_id = None
             save_comparison(runs, out, source="stack", title=title, command=command, base_spec=base.model_dump(mode="json"),
                             extra={"seconds_total": time.monotonic() - t_start})  # fmt: skip

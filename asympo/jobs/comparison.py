@@ -144,15 +144,19 @@ def _mean(values: list) -> float | None:
 
 
 def aggregate(runs: list[ComparedRun]) -> list[dict[str, Any]]:
-    """Per (loss, max_staleness): seed means of the accuracies and gain, each seed's gain, collapsed seeds."""
+    """Per (loss, max_staleness): seed means of the accuracies and gain, each seed's gain, collapsed seeds.
+
+    Only runs that succeeded count: a failed or cancelled run's last evaluation is no final accuracy
+    (its seed is listed under `not_succeeded`; the runs table keeps it)."""
     out = []
     for (loss, k), group in by_setting(runs).items():
-        sums = [r.summary() for r in group]
+        sums = [r.summary() for r in group if r.state == "succeeded"]
         out.append(
             {
                 "loss": loss,
                 "max_staleness": k,
                 "seeds": [s["seed"] for s in sums],
+                "not_succeeded": [r.seed for r in group if r.state != "succeeded"],
                 "initial_accuracy": _mean([s["initial_accuracy"] for s in sums]),
                 "final_accuracy": _mean([s["final_accuracy"] for s in sums]),
                 "best_accuracy": _mean([s["best_accuracy"] for s in sums]),
@@ -185,8 +189,9 @@ def comparison_table(runs: list[ComparedRun]) -> str:
         per_seed = ", ".join(_pts(g) for g in a["gains"])
         mark = f"**{a['collapsed']}/{len(a['seeds'])}**" if a["collapsed"] else "0"
         stale = "–" if a["staleness_mean"] is None else f"{a['staleness_mean']:.2f}"
+        seeds = str(len(a["seeds"])) + (f" (+{len(a['not_succeeded'])} failed)" if a["not_succeeded"] else "")
         rows.append(
-            f"| {a['loss']} | {a['max_staleness']} | {stale} | {len(a['seeds'])} | {_pct(a['initial_accuracy'])} | "
+            f"| {a['loss']} | {a['max_staleness']} | {stale} | {seeds} | {_pct(a['initial_accuracy'])} | "
             f"{_pct(a['final_accuracy'])} | {_pct(a['best_accuracy'])} | {_pts(a['accuracy_gain'])} | {per_seed} | "
             f"{mark} |"
         )
@@ -215,7 +220,8 @@ def comparison_markdown(runs: list[ComparedRun], title: str, command: str | None
     parts += [
         comparison_table(runs),
         "",
-        "Accuracies are held-out greedy accuracy, averaged over seeds; *best* is each seed's best evaluation "
+        "Accuracies are held-out greedy accuracy, averaged over the seeds whose run succeeded (a failed or "
+        "cancelled run is counted beside the seeds and listed below); *best* is each seed's best evaluation "
         "after the warm start, averaged; *collapsed* counts seeds that ended more than "
         f"{100 * COLLAPSE_BELOW_START:.0f} points below their warm start. *Trained staleness* is the mean "
         "staleness (version trained − version that generated the group) of the groups actually trained.",

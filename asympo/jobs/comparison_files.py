@@ -53,6 +53,8 @@ def _seed_mean(curves: list[list[tuple[int, float]]], smooth: bool) -> tuple[lis
 
 def plot_comparison(runs: list[ComparedRun], path: Path, title: str) -> None:
     """Accuracy, reward, balance ratio R, neg_share, trained staleness and per-seed final accuracy."""
+    # A run that stopped early would cut its setting's seed mean short: plot the succeeded ones.
+    runs = [r for r in runs if r.state == "succeeded"] or runs
     import matplotlib
 
     matplotlib.use("Agg")

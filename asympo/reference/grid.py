@@ -18,7 +18,7 @@ def run_grid(
     say=print,
     command: str | None = None,
 ) -> list[RunResult]:
-    """Run each spec (logs and a curve per run); with several, also a comparison plot and table in `out`."""
+    """Run each spec (logs and a curve per run), then compare.json, compare.md and compare.png in `out`."""
     several_seeds = len({s.seed for s in specs}) > 1
     single = len(specs) == 1
     results: list[RunResult] = []
@@ -42,12 +42,13 @@ def run_grid(
             f"({100 * s['accuracy_gain']:+.1f} pts) in {s['steps']} steps, {s['seconds']:.0f} s"
         )
         say(f"  log:  {run_out / 'log.json'}\n  plot: {run_out / 'curve.png'}")
-    if not single:
+        # After every run, so an interrupted grid keeps what finished.
         table = save_comparison(
             [compared_run(r) for r in results], out, source="reference",
             title="asympo reference loop: comparison (same seeds)", command=command,
             base_spec=specs[0].model_dump(mode="json"),
         )  # fmt: skip
+    if not single:
         say("\n" + table)
         say(f"comparison plot: {out / 'compare.png'}\ncomparison table: {out / 'compare.md'}")
     return results

@@ -39,15 +39,10 @@ from torch.distributed.fsdp import FSDPModule
 
 from asympo.models.response_logprobs import pack_responses, response_logprobs, response_start
 
-from .distributed import World, all_min, all_sum
+from .distributed import World, all_min, all_sum, local_part
 
 if TYPE_CHECKING:
     from .trainer import Row
-
-
-def _local(p: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a parameter: the local shard of a DTensor (its storage, under no_grad), else itself."""
-    return p.to_local() if hasattr(p, "to_local") else p
 
 
 class BehaviorPolicies:
@@ -74,7 +69,7 @@ class BehaviorPolicies:
         """Keep the model's weights, just taken as `version`, and at most the `keep` newest versions."""
         # Called between steps: nothing is gathered, the module's parameters are this rank's shards.
         with torch.no_grad():
-            self.ring[version] = [_local(p).detach().to("cpu", copy=True) for p in self._params()]
+            self.ring[version] = [local_part(p).detach().to("cpu", copy=True) for p in self._params()]
         for old in self.versions[: max(0, len(self.ring) - max(1, keep))]:
             del self.ring[old]
         self.live = version
@@ -109,7 +104,7 @@ class BehaviorPolicies:
         restore = self.ring.get(self.live) if self.live is not None else None
         if restore is None:
             with torch.no_grad():
-                restore = [_local(p).detach().clone() for p in self._params()]
+                restore = [local_part(p).detach().clone() for p in self._params()]
         training = self.model.training
         self.model.eval()
         try:
@@ -131,7 +126,7 @@ class BehaviorPolicies:
     def _load(self, weights: list[torch.Tensor]) -> None:
         with torch.no_grad():
             for p, w in zip(self._params(), weights, strict=True):
-                _local(p).copy_(w)
+                local_part(p).copy_(w)
 
     def _settle(self) -> None:
         # FSDP leaves the root's parameters gathered after a forward without backward: they would keep

@@ -94,6 +94,7 @@ class VersionCommits:
         await asyncio.to_thread(D.barrier, w)
         await self._recover_pending()
         newest = D.broadcast(await self._newest_published() if w.is_main else None, w)
+        published = meta is None  # a fresh start publishes below
         if meta is not None:
             log.info("resumed from checkpoint", extra={"step": meta["step"], "version": meta["version"],
                      "checkpoint": meta["dir"], "pending_groups": len(self.admission.buffer)})  # fmt: skip
@@ -103,6 +104,7 @@ class VersionCommits:
                 self.superseded = set(range(ctx.progress.version + 1, newest + 1))
                 ctx.progress.version = newest
                 await self.publish()
+                published = True
         elif newest is None:
             await self.publish(version=0)
             if w.is_main and self.records.evaluation is not None:
@@ -119,6 +121,9 @@ class VersionCommits:
             await self.checkpoint()
         behavior = policy.trainer.behavior
         if behavior is not None:  # grpo: the weights resumed with are the only version kept so far
+            if meta is not None and not published and not meta.get("weights_are_version"):
+                # Its step did not publish (sync_every > 1): the weights become a version of their own.
+                await self.publish()
             await asyncio.to_thread(behavior.record, ctx.progress.version, ctx.max_staleness + 1)
         if w.is_main:
             counted, found = await reconcile(ctx.redis, ctx.keys, ctx.fence)
@@ -256,9 +261,7 @@ class VersionCommits:
 
         def finite() -> float:
             with torch.no_grad():
-                shards = (
-                    p.to_local() if hasattr(p, "to_local") else p for p in self.policy.model.parameters()
-                )
+                shards = (D.local_part(p) for p in self.policy.model.parameters())
                 return 1.0 if all(bool(torch.isfinite(t).all()) for t in shards) else 0.0
 
         ok = await asyncio.to_thread(lambda: D.all_min(finite(), self.ctx.world))
@@ -299,6 +302,11 @@ class VersionCommits:
         t0 = time.perf_counter()
         meta = {"job_id": ctx.job_id, "step": ctx.progress.step, "version": ctx.progress.version,
                 "fence": ctx.fence.token, "created_at": time.time()}  # fmt: skip
+        behavior = self.policy.trainer.behavior
+        if (
+            behavior is not None
+        ):  # grpo: are the weights exactly `version` (the last step published, or none ran)?
+            meta["weights_are_version"] = ctx.progress.step == 0 or behavior.live == ctx.progress.version
         policy = self.policy
         step_dir = await asyncio.to_thread(
             write_checkpoint, self.ckpt_dir, policy.model, policy.optimizer, ctx.world, meta

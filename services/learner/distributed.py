@@ -105,3 +105,10 @@ def gather(obj, world: World) -> list:
     out = [None] * world.size
     dist.all_gather_object(out, obj)
     return out
+
+
+def local_part(t: torch.Tensor | None) -> torch.Tensor | None:
+    """This rank's part of a parameter or gradient: a DTensor's local shard (FSDP2), any other tensor itself."""
+    if t is None:
+        return None
+    return t.to_local() if hasattr(t, "to_local") else t

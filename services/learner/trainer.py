@@ -152,9 +152,9 @@ class Trainer:
         buckets = StalenessBuckets()
         for i in range(n_micro):
             if i < len(chunks):
-                buckets.add(chunks[i], self._micro_step(chunks[i], options, sums, clip_hits))
+                buckets.add(chunks[i], self.micro_step(chunks[i], options, sums, clip_hits))
             else:
-                self._idle_micro_step()
+                self.idle_micro_step()
         if fault and world.is_main:
             if fault == "nonfinite_grad":
                 next(p for p in self.model.parameters() if p.grad is not None).grad.fill_(math.nan)
@@ -213,7 +213,7 @@ class Trainer:
                 chunks.append([row])
         return chunks
 
-    def _micro_step(
+    def micro_step(
         self, chunk: list[Row], options: dict, sums: dict, clip_hits: dict, negative: bool = False
     ) -> torch.Tensor | None:
         """Forward and backward of one micro-batch; returns its rows' mean token NLLs S (None if `negative`)."""
@@ -256,7 +256,7 @@ class Trainer:
                 clip_hits[k] += s[k] * tokens  # back to counts; divided by the global tokens at the end
         return S
 
-    def _idle_micro_step(self) -> None:
-        # A rank with fewer micro-batches still joins FSDP's all-gathers and reduce-scatters; zero loss.
+    def idle_micro_step(self) -> None:
+        """A zero-loss forward and backward: a rank with fewer micro-batches still joins FSDP's collectives."""
         x = torch.full((1, 2), self.pad_id, device=self.world.device)
         (self.model(input_ids=x).logits.sum() * 0.0).backward()

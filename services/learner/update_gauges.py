@@ -5,7 +5,7 @@ negative part cannot be taken with autograd.grad on one graph, so a gauge step m
 its micro-batches: first every micro-batch with only the A<0 part of the loss (`negative_part`, with
 the batch's global normalizers), whose accumulated gradient is kept as g⁻; then, gradients zeroed, the
 normal step, whose gradient is g. Both are taken before clipping. Each rank holds disjoint shards of
-both (`DTensor.to_local()` under FSDP2, whole tensors on a single CPU rank), so the local dot products
+both (`DTensor.tolocal_part()` under FSDP2, whole tensors on a single CPU rank), so the local dot products
 summed over ranks are the global ones. Every rank runs the same number of passes as in a normal step,
 twice: a rank short of micro-batches joins with idle passes, and one whose micro-batch has no A<0 row
 back-propagates a zero loss, so FSDP's collectives stay aligned.
@@ -22,7 +22,7 @@ import torch
 
 from asympo.algo.update_shares import gradient_products, shares_from_products
 
-from .distributed import World, all_sum
+from .distributed import World, all_sum, local_part
 
 if TYPE_CHECKING:
     from .trainer import Row, Trainer
@@ -35,24 +35,17 @@ def is_gauge_step(step: int, every: int) -> bool:
     return every > 0 and step > 0 and step % every == 0
 
 
-def _local(grad: torch.Tensor | None) -> torch.Tensor | None:
-    """This rank's part of a gradient: the local shard of a DTensor, the tensor itself otherwise."""
-    if grad is None:
-        return None
-    return grad.to_local() if hasattr(grad, "to_local") else grad
-
-
 def negative_gradient(trainer: Trainer, chunks: list[list[Row]], n_micro: int, options: dict) -> list:
     """Back-propagate only the A<0 part of the loss over every micro-batch; returns this rank's gradient
     shards (None where a parameter got none) and leaves the gradients zeroed for the normal step."""
     for i in range(n_micro):
         if i < len(chunks):
-            trainer._micro_step(chunks[i], options, {}, {}, negative=True)
+            trainer.micro_step(chunks[i], options, {}, {}, negative=True)
         else:
-            trainer._idle_micro_step()
+            trainer.idle_micro_step()
     kept = []
     for p in trainer.model.parameters():
-        g = _local(p.grad)
+        g = local_part(p.grad)
         kept.append(None if g is None else g.detach().clone())
     trainer.optimizer.zero_grad(set_to_none=True)
     return kept
@@ -62,7 +55,7 @@ def update_gauges(g_neg: list, model: torch.nn.Module, world: World) -> dict[str
     """neg_share, grad_norm_neg and grad_norm_pos of the gradient now in `model` against g⁻ (every rank)."""
     pairs = []
     for kept, p in zip(g_neg, model.parameters(), strict=True):
-        g = _local(p.grad)
+        g = local_part(p.grad)
         if kept is None and g is None:
             continue
         g = torch.zeros_like(kept) if g is None else g.detach()

@@ -23,7 +23,7 @@ from asympo.jobs.spec import SpecError
 from asympo.proto.v1 import bus_pb2, learner_pb2, learner_pb2_grpc
 from asympo.weights.store import read_manifest
 from asympo.weights.transfer import fetch_version
-from tests.support.learner_run import trained
+from tests.support.learner_run import trained, until
 from tests.support.service_process import grpc_metadata
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -68,12 +68,12 @@ async def test_kill_9_and_resume(learner_run):
     # Sampling stops before the kill, so tasks are certainly waiting when the learner dies (a sampler
     # left running had often turned every task into a group first, and then nothing was made while down).
     await run.stop_sampler()
-    waiting = await _until(lambda: _undelivered_tasks(run), lambda n: n >= 16, 120)
+    waiting = await until(lambda: _undelivered_tasks(run), lambda n: n >= 16, 120)
     first.kill()
     killed_at_ms = int(time.time() * 1000)
     waiting = await _undelivered_tasks(run)  # nothing is dispatched once the learner is dead
     await run.start_sampler(when=lambda j: True)
-    down = await _until(lambda: _groups_since(run, killed_at_ms), lambda ids: len(ids) >= waiting, 120)
+    down = await until(lambda: _groups_since(run, killed_at_ms), lambda ids: len(ids) >= waiting, 120)
     second = run.start_learner()
     job = await run.finish()
     assert job.state == "succeeded", job.message
@@ -94,15 +94,6 @@ async def test_kill_9_and_resume(learner_run):
     untrained = set(down) - set(ids)
     assert all(drops.get(p) == "stale" for p in untrained), {p: drops.get(p) for p in untrained}
     assert steps[-1]["step"] == 30
-
-
-async def _until(probe, done, timeout_s: float):
-    """Poll `probe()` until `done(value)`; the value."""
-    deadline = time.monotonic() + timeout_s
-    while not done(value := await probe()):
-        assert time.monotonic() < deadline, f"still {value!r} after {timeout_s} s"
-        await asyncio.sleep(0.1)
-    return value
 
 
 async def _undelivered_tasks(run) -> int:

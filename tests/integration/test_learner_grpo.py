@@ -18,21 +18,12 @@ import pytest
 from asympo.tasks import build_task
 from services.learner.failpoints import ENV as FAILPOINT
 from tests.support.invariants import check_history
-from tests.support.learner_run import trained
+from tests.support.learner_run import trained, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PROMPTS, STALENESS = 16, 2
 FIRST_DISPATCH = (STALENESS + 1) * PROMPTS  # what the dispatcher sends before any step trains
-
-
-async def _until(probe, done, timeout_s: float):
-    """Poll `probe()` until `done(value)`; the value."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not done(value := await probe()):
-        assert asyncio.get_running_loop().time() < deadline, f"still {value!r} after {timeout_s} s"
-        await asyncio.sleep(0.1)
-    return value
 
 
 def _check_steps(steps: list[dict]) -> None:
@@ -50,7 +41,7 @@ async def test_grpo_trains_stale_groups_and_drops_versions_a_restart_lost(learne
     first = run.start_learner(1, env={FAILPOINT: "checkpoint_pointed@2"})
     # One sampler batch takes the whole first dispatch, so version 0 generates all of it: step 1 trains
     # its groups on-policy, step 2 one version behind; the rest is left for after the crash.
-    await _until(lambda: run.redis.xlen(run.keys.prompts), lambda n: n >= FIRST_DISPATCH, 120)
+    await until(lambda: run.redis.xlen(run.keys.prompts), lambda n: n >= FIRST_DISPATCH, 120)
     await run.start_sampler(batch_prompts=FIRST_DISPATCH)
     assert await asyncio.to_thread(first.wait_exit, 300) == 137, "".join(first.lines[-40:])
 
@@ -80,3 +71,27 @@ async def test_grpo_trains_stale_groups_and_drops_versions_a_restart_lost(learne
     after = trained(await run.records())[2:]
     assert [r["step"] for r in after] == [3, 4, 5, 6]
     _check_steps(after)
+
+
+async def test_a_checkpoint_between_publications_resumes_as_a_version_of_its_own(learner_run):
+    # sync_every 2: steps 2, 4, 6 publish versions 1, 2, 3. The checkpoint of step 3 holds weights that no
+    # version has; resumed from it, they must not pass for version 1 (whose groups would then train with
+    # ratio 1 against weights that did not sample them): the learner publishes them as version 2.
+    run = learner_run(algorithm__loss="grpo", algorithm__max_staleness=STALENESS, algorithm__steps=6,
+                      algorithm__sync_every=2, checkpoint__every=1, eval__every=1000)  # fmt: skip
+    await run.submit()
+    first = run.start_learner(1, env={FAILPOINT: "checkpoint_pointed@3"})
+    await run.start_sampler()
+    assert await asyncio.to_thread(first.wait_exit, 300) == 137, "".join(first.lines[-40:])
+    assert [(r["step"], r["version"]) for r in trained(await run.records())] == [(1, 0), (2, 1), (3, 1)]
+    assert await run.versions() == [0, 1]
+
+    run.start_learner(1)
+    job = await run.finish()
+    assert job.state == "succeeded", job.message
+    await check_history(run.redis, run.keys, run.spec)
+    after = trained(await run.records())[3:]
+    # Version 2 is the resumed weights, published before step 4 trained: step 4's weights are version 3.
+    assert [(r["step"], r["version"]) for r in after] == [(4, 3), (5, 3), (6, 4)]
+    assert await run.versions() == [0, 1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and 0.0 <= r["clip_frac"] <= 1.0 for r in after), after

@@ -18,7 +18,7 @@ from asympo.reference.sampler import ReferenceSampler
 from services.learner.distributed import World
 from services.learner.trainer import Trainer
 from services.learner.update_gauges import GAUGE_KEYS
-from tests.support.learner_run import trained
+from tests.support.learner_run import trained, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # trains the tiny model
 
@@ -133,9 +133,19 @@ async def test_learner_records_and_exports_the_gauges(learner_run):
     run = learner_run(algorithm__max_staleness=2, algorithm__steps=8, eval__every=1000, eval__gauges_every=2)
     await run.submit()
     learner = run.start_learner()
-    # Batches of 4 prompts: a step's 16 groups come from several batches, generated at different versions.
     job = await run.wait_for(lambda j: j.state == "running", 120)
-    sampler = ReferenceSampler(run.redis, job, batch_prompts=4)
+    # Step 2 mixes staleness by construction: one batch of 24 groups from version 0 (step 1 trains 16 of
+    # them), then, once version 1 is out, a batch of 8 from it: step 2 trains 8 groups 1 version old and
+    # 8 fresh ones. The sampler then runs on its own.
+    await until(lambda: run.redis.xlen(run.keys.prompts), lambda n: n >= 3 * 16, 120)  # the first dispatch
+    sampler = ReferenceSampler(run.redis, job, batch_prompts=24)
+    await until(sampler.step, lambda n: n > 0, 120)
+    assert sampler.groups_published == 24 and sampler.version == 0
+    await until(run.versions, lambda versions: 1 in versions, 120)
+    sampler.batch_prompts = 8
+    await until(sampler.step, lambda n: n > 0, 120)
+    assert sampler.groups_published == 32 and sampler.version == 1
+    sampler.batch_prompts = 4
     run.sampler_task = asyncio.ensure_future(sampler.run(run.sampler_stop))
     await run.wait_for(lambda j: j.step >= 2, 300)
     metrics = learner.metrics()
@@ -158,4 +168,4 @@ async def test_learner_records_and_exports_the_gauges(learner_run):
             r["delta"], rel=1e-6, abs=1e-9
         )
         assert (set(GAUGE_KEYS) <= r.keys()) == (r["step"] % 2 == 0), r["step"]
-    assert any(len(r["by_staleness"]) > 1 for r in steps)  # stale groups train beside fresh ones
+    assert {k: b["responses"] for k, b in steps[1]["by_staleness"].items()} == {"0": 8 * G, "1": 8 * G}

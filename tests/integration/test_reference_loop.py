@@ -59,6 +59,10 @@ def test_cli_run_writes_log_and_plot_and_samples_exactly_k_stale(tmp_path, tiny_
         assert s["grad_norm_neg"] > 0 and s["grad_norm_pos"] > 0 and math.isfinite(s["neg_share"])
     assert log["summary"]["steps"] == 12 and log["spec"]["algorithm"]["max_staleness"] == 2
     assert (out / "curve.png").read_bytes()[:8] == PNG_MAGIC
+    # One run is a comparison of one: the same files as a grid's, with its 12 steps.
+    (run,) = json.loads((out / "compare.json").read_text())["runs"]
+    assert run["label"] == "asympo-k2-s0" and len(run["records"]) == 12
+    assert "| asympo | 2 |" in (out / "compare.md").read_text()
 
 
 def test_cli_compare_mode_runs_every_combination(tmp_path, tiny_cache, tiny_model_path):

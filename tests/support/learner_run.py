@@ -102,3 +102,12 @@ class LearnerRun:
 
 def trained(records: list[dict]) -> list[dict]:
     return [r for r in records if r.get("prompt_ids")]
+
+
+async def until(probe, done, timeout_s: float):
+    """Poll the coroutine function `probe()` until `done(value)`; the value (fails after timeout_s)."""
+    deadline = time.monotonic() + timeout_s
+    while not done(value := await probe()):
+        assert time.monotonic() < deadline, f"still {value!r} after {timeout_s} s"
+        await asyncio.sleep(0.1)
+    return value

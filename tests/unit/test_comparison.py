@@ -82,7 +82,19 @@ def test_seed_means_per_setting_and_the_collapse_marker():
 def test_a_run_without_evaluations_shows_dashes_not_errors():
     run = ComparedRun("gpg", 0, 2, evals=[], state="failed")
     assert run.gain is None and not run.collapsed
-    assert "| gpg | 0 | – | 1 | – | – | – | – | – | 0 |" in comparison_table([run])
+    assert "| gpg | 0 | – | 0 (+1 failed) | – | – | – | – |  | 0 |" in comparison_table([run])
+
+
+def test_a_run_that_did_not_succeed_is_kept_out_of_the_means():
+    runs = [
+        run_from_job(_job("asympo", seed=0), _records(0.8)),
+        run_from_job(_job("asympo", seed=1, state="cancelled"), _records(0.2)),  # stopped early, low
+    ]
+    (setting,) = aggregate(runs)
+    assert setting["seeds"] == [0] and setting["not_succeeded"] == [1]
+    assert setting["final_accuracy"] == 0.8 and setting["collapsed"] == 0
+    assert "| asympo | 4 | 3.75 | 1 (+1 failed) | 0.400 | 0.800 |" in comparison_table(runs)
+    assert "| asympo-k4-s1 | j-asympo-4-1 | cancelled |" in comparison_markdown(runs, "t")
 
 
 def test_grid_specs_cover_every_combination_with_the_same_seeds():
