@@ -9,7 +9,7 @@ A step's effects happen in this order, each durable before the next begins:
 5. every `checkpoint.every` steps, checkpoint (a new directory, fsynced, then LATEST).
 
 A restarted learner restores the newest loadable checkpoint (step S, version V) and `roll_back`
-supersedes what came after it: step records after S (their prompts are counted as dropped,
+(rollback.py) supersedes what came after it: step records after S (their prompts are counted as dropped,
 `rolled_back`, since their updates are gone), evaluations of versions after V and any final record.
 Groups read but never committed are still pending for their rank and are trained now. If versions
 after V were announced, the restored weights are published as the next number, replacing a directory
@@ -19,7 +19,6 @@ a crash left unannounced there, so versions never repeat and never skip.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from .admission import Admission
 from .checkpoint import load_checkpoint, point_latest, write_checkpoint
 from .control import JobControl, JobFailure
 from .job_context import JobContext, Progress
+from .rollback import roll_back
 from .step_records import StepRecords
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class VersionCommits:
         if meta is not None:
             ctx.progress = Progress(meta["step"], meta["version"])
         if w.is_main:
-            await self.roll_back()
+            await roll_back(ctx)
         # Superseded records are gone before any rank trains again.
         await asyncio.to_thread(D.barrier, w)
         await self._recover_pending()
@@ -130,44 +130,6 @@ class VersionCommits:
             if counted != found:
                 log.warning("in-flight count reconciled with the streams",
                             extra={"counted": counted, "found": found})  # fmt: skip
-
-    async def roll_back(self) -> None:
-        """Supersede the records of steps after the restored checkpoint (rank 0)."""
-        s, v = self.ctx.progress.step, self.ctx.progress.version
-        ids, prompts, steps = [], [], []
-        cursor = "+"
-        while True:
-            page = await self.ctx.redis.xrevrange(self.ctx.keys.steps, max=cursor, count=200)
-            if cursor != "+":
-                page = page[1:]  # the cursor entry itself was on the previous page
-            if not page:
-                break
-            done = False
-            for raw_id, fields in page:
-                entry_id, record = raw_id.decode(), json.loads(fields[b"json"])
-                if record.get("prompt_ids") is not None and record["step"] <= s:
-                    done = True  # records before it are all older than the checkpoint
-                    break
-                if (
-                    record.get("prompt_ids") is not None
-                    or record.get("final")
-                    or (record.get("eval") and record.get("version", 0) > v)
-                ):
-                    ids.append(entry_id)
-                    prompts += record.get("prompt_ids") or []
-                    if record.get("prompt_ids") is not None:
-                        steps.append(record["step"])
-            if done:
-                break
-            cursor = page[-1][0].decode()
-        if not ids:
-            return
-        record = {"rollback": True, "step": s, "version": v, "superseded_steps": sorted(steps),
-                  "rolled_back_prompts": len(prompts), "time": time.time()}  # fmt: skip
-        await self.ctx.ledger.roll_back(ids, prompts, record)
-        self.ctx.metrics.groups_dropped.labels("rolled_back").inc(len(prompts))
-        log.warning("rolled back to the checkpoint: later steps are superseded, their prompts dropped",
-                    extra={"step": s, "superseded_steps": len(steps), "rolled_back_prompts": len(prompts)})  # fmt: skip
 
     async def _recover_pending(self) -> None:
         """Take back the groups this rank (and ranks beyond this world) read but never committed."""
