@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asympo.bus.flow import DROP_REASONS
 from asympo.runtime.metric_set import MetricSet
 
 _SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -20,8 +21,7 @@ class LearnerMetrics:
         self.tokens_per_s = m.gauge("tokens_per_second", "trained tokens per second")
         self.groups_trained = m.counter("groups_trained", "groups trained on")
         self.groups_dropped = m.counter("groups_dropped", "groups not trained on", ("reason",))
-        for reason in ("stale", "duplicate", "zero_variance", "dead", "foreign", "non_finite", "rolled_back",
-                       "no_behavior_version"):  # fmt: skip
+        for reason in (*DROP_REASONS, "duplicate", "foreign"):
             self.groups_dropped.labels(reason)  # exported as 0 from the start, so rate() has a baseline
         self.groups_invalid = m.counter(
             "groups_invalid",
